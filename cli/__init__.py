@@ -1,0 +1,1 @@
+"""Command-line interface (installed as ``reformer_retrieval.cli``): one module per verb group."""

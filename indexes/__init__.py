@@ -1,0 +1,1 @@
+"""Vector and lexical indexes (installed as ``reformer_retrieval.indexes``)."""

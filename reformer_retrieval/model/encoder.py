@@ -1,0 +1,161 @@
+"""`ReformerEncoder`: byte tokens -> one unit-length embedding per document.
+
+token embedding + axial positions -> reversible stack of [shared-QK LSH (or local) attention, chunked
+feed-forward] -> LayerNorm over both streams -> masked mean over real tokens -> projection -> L2 norm.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from reformer_retrieval.config import ReformerConfig
+from reformer_retrieval.model.feedforward import ChunkedFeedForward
+from reformer_retrieval.model.local_attention import LocalSelfAttention
+from reformer_retrieval.model.lsh_attention import LSHSelfAttention, SequenceInfo
+from reformer_retrieval.model.positions import AxialPositionEmbedding
+from reformer_retrieval.model.reversible import ReformerLayer, ReversibleStack
+
+__all__ = ["ReformerEncoder"]
+
+
+class ReformerEncoder(nn.Module):
+    """Bidirectional Reformer encoder producing L2-normalised document embeddings.
+
+    Example:
+        >>> from reformer_retrieval import ByteTokenizer, ReformerConfig, ReformerEncoder
+        >>> model = ReformerEncoder(ReformerConfig(d_model=64, n_layers=2, n_heads=2, d_ff=128,
+        ...                                        embedding_dim=32)).eval()
+        >>> batch = ByteTokenizer()(["a document", "another one"])
+        >>> model(batch["input_ids"], batch["attention_mask"]).shape
+        torch.Size([2, 32])
+    """
+
+    def __init__(self, config: ReformerConfig | None = None) -> None:
+        super().__init__()
+        config = config if config is not None else ReformerConfig()
+        self.config = config
+        self.token_embedding = nn.Embedding(config.vocab_size, config.d_model)
+        self.position_embedding = AxialPositionEmbedding(
+            config.axial_pos_shape, config.axial_dims, config.axial_init_std
+        )
+        layers = []
+        for i, kind in enumerate(config.layer_kinds):
+            attention = LSHSelfAttention(config, i) if kind == "lsh" else LocalSelfAttention(config, i)
+            ff = ChunkedFeedForward(
+                config.d_model, config.d_ff, config.dropout, config.ff_chunk_size, config.layer_norm_eps
+            )
+            layers.append(ReformerLayer(attention, ff))
+        self.stack = ReversibleStack(layers, reversible=config.reversible)
+        self.final_norm = nn.LayerNorm(2 * config.d_model, eps=config.layer_norm_eps)
+        self.projection = nn.Linear(2 * config.d_model, config.embedding_dim)
+        self.pad_multiple = math.lcm(config.chunk_size, config.local_chunk)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        std = self.config.init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, std=std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+
+    # ------------------------------------------------------------------ forward
+    @property
+    def attention_layers(self) -> list[LSHSelfAttention]:
+        """The attention block of every layer, in order."""
+        return [layer.attention for layer in self.stack.layers]
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        return_token_states: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Embed a batch of token sequences.
+
+        Args:
+            input_ids: (batch, length) long tensor, length <= ``config.max_len``.
+            attention_mask: (batch, length), 1/True at real tokens; ``None`` means all real.
+            return_token_states: Also return the normalised token states (batch, length, 2 * d_model).
+
+        Returns:
+            (batch, embedding_dim) float32 unit vectors (a document with no real token gets the zero
+            vector), and the token states if asked.
+        """
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+        L0 = input_ids.shape[1]
+        if self.config.max_len < L0:
+            raise ValueError(f"input of {L0} tokens exceeds config.max_len={self.config.max_len}")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        elif attention_mask.shape != input_ids.shape:
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
+            )
+        mask = attention_mask.to(torch.bool)
+        L = max(self.pad_multiple, -(-L0 // self.pad_multiple) * self.pad_multiple)
+        if self.config.max_len < L:
+            raise ValueError(f"padded length {L} exceeds config.max_len={self.config.max_len}")
+        if L != L0:
+            input_ids = F.pad(input_ids, (0, L - L0), value=self.config.pad_token_id)
+            mask = F.pad(mask, (0, L - L0), value=False)
+        x = self.token_embedding(input_ids) + self.position_embedding(L).to(self.token_embedding.weight.dtype)
+        info = SequenceInfo.from_mask(mask)
+        y1, y2 = self.stack(x, x, info)
+        states = self.final_norm(torch.cat([y1, y2], dim=-1))
+        weights = mask.unsqueeze(-1).to(torch.float32)
+        counts = weights.sum(dim=1)
+        pooled = (states.float() * weights).sum(dim=1) / counts.clamp(min=1.0)
+        emb = self.projection(pooled.to(states.dtype)).float()
+        emb = F.normalize(emb, dim=-1) * (counts > 0).float()
+        if return_token_states:
+            return emb, states[:, :L0]
+        return emb
+
+    # ------------------------------------------------------------------ identity and persistence
+    @property
+    def model_id(self) -> str:
+        """Short fingerprint of the config and every weight and buffer (12 hex characters)."""
+        h = hashlib.sha256(self.config.to_json().encode("utf-8"))
+        for name, tensor in sorted(self.state_dict().items()):
+            t = tensor.detach().to("cpu").contiguous()
+            h.update(name.encode("utf-8"))
+            h.update(str(t.dtype).encode("utf-8"))
+            h.update(str(tuple(t.shape)).encode("utf-8"))
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        return h.hexdigest()[:12]
+
+    def num_parameters(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        tokenizer: Any | None = None,
+        training: dict[str, Any] | None = None,
+    ) -> Path:
+        """Write ``config.json``, ``model.safetensors`` (+ ``tokenizer.json``, ``training.json``).
+
+        Every file is written atomically; no pickle is involved. Returns the directory.
+        """
+        from reformer_retrieval.checkpoint import save_model
+
+        return save_model(self, directory, tokenizer=tokenizer, training=training)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, map_location: str | torch.device = "cpu") -> ReformerEncoder:
+        """Load a model saved by `save_pretrained` (config + safetensors weights)."""
+        from reformer_retrieval.checkpoint import load_model
+
+        return load_model(directory, map_location=map_location)

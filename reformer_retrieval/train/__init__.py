@@ -1,0 +1,1 @@
+"""Self-supervised near-duplicate training of the encoder."""
