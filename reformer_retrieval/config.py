@@ -61,6 +61,7 @@ class ReformerConfig:
             weights with plain autograd; state dicts load across both.
         attention_budget: Upper bound on attention-score elements computed at once (memory knob; does
             not change results).
+        extra: Free-form JSON-serialisable metadata carried with the config (unused by the model).
     """
 
     vocab_size: int = 260

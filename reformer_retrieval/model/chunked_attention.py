@@ -145,7 +145,8 @@ def _masked_softmax_attend(
     training: bool,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax attention over given keys with float32 logits; returns (output, logsumexp)."""
-    logits = torch.matmul(q, k.transpose(-1, -2)).float()
+    logits = torch.matmul(q, k.transpose(-1, -2))
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float32 at least, never downcast
     logits = logits.masked_fill(~key_ok, MASK_PAD)
     logits = logits.masked_fill(is_self, MASK_SELF)
     lse = torch.logsumexp(logits, dim=-1, keepdim=True)
@@ -230,7 +231,9 @@ def chunked_attention(
         slot_ok = (slot >= 0).repeat_interleave(chunk, dim=-1)
         valid = key_valid.index_select(0, rows)
         key_ok = valid.gather(1, pos_w.reshape(n, -1)).view(n, nc, width) & slot_ok
-        is_self = pos_w.unsqueeze(2) == pos_c.unsqueeze(3)  # (n, nc, c, width)
+        # Empty slots hold copies of other chunks (possibly the query's own): only occupied slots count as self,
+        # so a copy never turns a padding-masked slot into a self-masked one.
+        is_self = (pos_w.unsqueeze(2) == pos_c.unsqueeze(3)) & slot_ok.unsqueeze(2)  # (n, nc, c, width)
         out, lse = _masked_softmax_attend(q_c, k_w, v_w, key_ok.unsqueeze(2), is_self, dropout, training)
         outs.append(PermuteRows.apply(out.reshape(n, L, d), inv, p))
         lses.append(PermuteRows.apply(lse.reshape(n, L), inv, p))
@@ -251,4 +254,5 @@ def combine_rounds(out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
     if out.shape[1] == 1:
         return out[:, 0]
     weights = torch.softmax(lse, dim=1).unsqueeze(-1)
-    return (out.float() * weights).sum(dim=1).to(out.dtype)
+    acc = torch.promote_types(out.dtype, torch.float32)
+    return (out.to(acc) * weights.to(acc)).sum(dim=1).to(out.dtype)
