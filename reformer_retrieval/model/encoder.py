@@ -79,6 +79,7 @@ class ReformerEncoder(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         return_token_states: bool = False,
+        position_offsets: torch.Tensor | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Embed a batch of token sequences.
 
@@ -86,6 +87,8 @@ class ReformerEncoder(nn.Module):
             input_ids: (batch, length) long tensor, length <= ``config.max_len``.
             attention_mask: (batch, length), 1/True at real tokens; ``None`` means all real.
             return_token_states: Also return the normalised token states (batch, length, 2 * d_model).
+            position_offsets: Optional (batch,) first position of each row (training aid: lets short crops
+                train positions that long documents reach); inference uses 0.
 
         Returns:
             (batch, embedding_dim) float32 unit vectors (a document with no real token gets the zero
@@ -109,7 +112,8 @@ class ReformerEncoder(nn.Module):
         if L != L0:
             input_ids = F.pad(input_ids, (0, L - L0), value=self.config.pad_token_id)
             mask = F.pad(mask, (0, L - L0), value=False)
-        x = self.token_embedding(input_ids) + self.position_embedding(L).to(self.token_embedding.weight.dtype)
+        positions = self.position_embedding(L, position_offsets)
+        x = self.token_embedding(input_ids) + positions.to(self.token_embedding.weight.dtype)
         info = SequenceInfo.from_mask(mask)
         y1, y2 = self.stack(x, x, info)
         states = self.final_norm(torch.cat([y1, y2], dim=-1))

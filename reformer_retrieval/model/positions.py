@@ -34,8 +34,22 @@ class AxialPositionEmbedding(nn.Module):
         """Number of representable positions."""
         return self.shape[0] * self.shape[1]
 
-    def forward(self, length: int) -> torch.Tensor:
-        """Embeddings of positions ``0 .. length - 1``, shape ``(length, d1 + d2)``."""
+    def forward(self, length: int, offsets: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings of positions ``0 .. length - 1``, shape ``(length, d1 + d2)``.
+
+        With ``offsets`` (a (batch,) long tensor), row ``b`` gets positions ``offsets[b] .. offsets[b] + length - 1``
+        and the result is ``(batch, length, d1 + d2)``. Training with random offsets lets short crops train
+        the positions that only long documents reach at inference.
+        """
+        if offsets is not None:
+            if int(offsets.min()) < 0 or int(offsets.max()) + length > self.max_positions:
+                raise ValueError(
+                    f"position offsets plus length {length} must lie in [0, {self.max_positions}]"
+                )
+            pos = offsets.to(self.weight_row.device).unsqueeze(1) + torch.arange(length, device=offsets.device)
+            rows = self.weight_row[pos // self.shape[1]]
+            cols = self.weight_col[pos % self.shape[1]]
+            return torch.cat([rows, cols], dim=-1)
         if length > self.max_positions:
             raise ValueError(
                 f"input of {length} positions exceeds the axial position shape {self.shape} "

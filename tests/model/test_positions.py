@@ -57,3 +57,25 @@ def test_encoder_uses_config_axial_shape_and_dims():
     model = ReformerEncoder(cfg)
     assert model.position_embedding.weight_row.shape == (64, 4)
     assert model.position_embedding.weight_col.shape == (64, 12)
+
+
+def test_position_offsets_select_the_shifted_rows_of_the_table():
+    emb = AxialPositionEmbedding((8, 16), (3, 5))
+    full = emb(128)
+    offsets = torch.tensor([0, 17, 100])
+    shifted = emb(20, offsets)
+    assert shifted.shape == (3, 20, 8)
+    for b, o in enumerate(offsets.tolist()):
+        assert torch.equal(shifted[b], full[o : o + 20])
+    with pytest.raises(ValueError, match="offsets"):
+        emb(20, torch.tensor([109]))
+
+
+def test_encoder_with_zero_offsets_equals_the_default_positions():
+    cfg = ReformerConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, embedding_dim=8, chunk_size=8,
+                         max_len=256, axial_pos_shape=(16, 16))
+    model = ReformerEncoder(cfg).eval()
+    ids = torch.randint(4, 260, (2, 40))
+    base = model(ids)
+    assert torch.equal(model(ids, position_offsets=torch.zeros(2, dtype=torch.long)), base)
+    assert not torch.allclose(model(ids, position_offsets=torch.tensor([0, 64])), base)
