@@ -84,77 +84,128 @@ def window_slot_chunks(
         wrap: Wrap neighbours around inside the real chunks.
 
     Returns:
-        (n, n_chunks, 1 + before + after) long tensor; slot order is [self, previous, next]. Slots that
-        would repeat a chunk already in the window are ``-1``.
+        (n, n_chunks, before + 1 + after) long tensor; slot order is [previous, self, next] (the order of
+        `look_around`). Slots that would repeat a chunk already in the window are ``-1``; with ``wrap``, so
+        are all slots of chunks past the real ones (only padding queries live there).
     """
     device = n_real_chunks.device
     c = torch.arange(n_chunks, device=device).unsqueeze(0).expand(n_real_chunks.shape[0], n_chunks)
     last = (n_real_chunks - 1).unsqueeze(1)
-    slots = [c]
     empty = torch.full_like(c, -1)
+    slots = [c]
+    prev = None
     if before:
         first_prev = last if wrap else empty
         prev = torch.where(c == 0, first_prev.expand_as(c), c - 1)
         prev = torch.where(prev == c, empty, prev)
-        slots.append(prev)
+        slots.insert(0, prev)
     if after:
         last_next = torch.zeros_like(c) if wrap else empty
         nxt = torch.where(c == last, last_next, c + 1)
         nxt = torch.where(nxt >= n_chunks, empty, nxt)
         nxt = torch.where(nxt == c, empty, nxt)
-        if before:
-            nxt = torch.where(nxt == slots[1], empty, nxt)
+        if prev is not None:
+            nxt = torch.where(nxt == prev, empty, nxt)
         slots.append(nxt)
-    return torch.stack(slots, dim=-1)
+    out = torch.stack(slots, dim=-1)
+    if wrap:
+        # Chunks past the real ones hold only padding queries; `look_around` may reuse their storage for the
+        # wrapped neighbour, so they claim no slot at all.
+        out = out.masked_fill((c > last).unsqueeze(-1), -1)
+    return out
+
+
+def _pad_chunks(
+    x: torch.Tensor, n_real_chunks: torch.Tensor, before: int, after: int, wrap: bool
+) -> torch.Tensor:
+    """Lay the chunks out once with ``before`` extra chunks in front and ``after`` behind: the neighbours
+    that the first and last real chunks see (wrapped inside the real chunks when ``wrap``).
+
+    With wrap-around, the last real chunk's successor (the first chunk) is written over the first padding
+    chunk, whose keys no real query can see. Returns (n, before + n_chunks + after, c, ...).
+    """
+    n, nc = x.shape[:2]
+    rows = torch.arange(n, device=x.device)
+    last = (n_real_chunks - 1).clamp(min=0)
+    parts = []
+    if before:
+        parts.append(x[rows, last].unsqueeze(1) if wrap else x[:, -1:])
+    parts.append(x)
+    if after:
+        parts.append(x[:, :1])
+    padded = torch.cat(parts, dim=1) if len(parts) > 1 else x
+    if after and wrap:
+        short = n_real_chunks < nc
+        if bool(short.any()):
+            padded[rows[short], last[short] + before + 1] = x[short, 0]
+    return padded
 
 
 def look_around(x: torch.Tensor, n_real_chunks: torch.Tensor, before: int, after: int, wrap: bool) -> torch.Tensor:
-    """Concatenate each chunk with its neighbours, following `window_slot_chunks` (empty slots hold junk).
+    """Each chunk with its neighbours, following `window_slot_chunks` (empty slots hold junk).
 
     Args:
         x: (n, n_chunks, c, ...) chunked tensor.
         n_real_chunks: (n,) real chunks per row.
 
     Returns:
-        (n, n_chunks, (1 + before + after) * c, ...).
+        (n, n_chunks, (before + 1 + after) * c, ...), a view of `_pad_chunks`.
     """
-    parts = [x]
-    rows = torch.arange(x.shape[0], device=x.device)
-    last = (n_real_chunks - 1).clamp(min=0)
-    if before:
-        prev = torch.roll(x, 1, dims=1)
-        if wrap:
-            prev[:, 0] = x[rows, last]
-        parts.append(prev)
-    if after:
-        nxt = torch.roll(x, -1, dims=1)
-        if wrap:
-            nxt[rows, last] = x[:, 0]
-        parts.append(nxt)
-    out = torch.stack(parts, dim=2)  # (n, nc, slots, c, ...)
-    return out.flatten(2, 3)
+    c = x.shape[2]
+    width = (before + 1 + after) * c
+    flat = _pad_chunks(x, n_real_chunks, before, after, wrap).flatten(1, 2)
+    return flat.unfold(1, width, c).movedim(-1, 2)
 
 
-def _masked_softmax_attend(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    key_ok: torch.Tensor,
-    is_self: torch.Tensor,
-    dropout: float,
-    training: bool,
+def _attend(
+    logits: torch.Tensor, v: torch.Tensor, dropout: float, training: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax attention over given keys with float32 logits; returns (output, logsumexp)."""
-    logits = torch.matmul(q, k.transpose(-1, -2))
-    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float32 at least, never downcast
-    logits = logits.masked_fill(~key_ok, MASK_PAD)
-    logits = logits.masked_fill(is_self, MASK_SELF)
-    lse = torch.logsumexp(logits, dim=-1, keepdim=True)
-    probs = torch.exp(logits - lse)
+    """Softmax over the last axis of masked ``logits`` (float32 or wider) applied to ``v``.
+
+    Returns ``(output, logsumexp)``. The normalisation is applied to the output rather than to the
+    probabilities (one pass fewer over the scores); with gradients off the scores are exponentiated in place.
+    """
+    if logits.requires_grad:
+        m = logits.detach().amax(dim=-1, keepdim=True)
+        e = torch.exp(logits - m)
+    else:
+        m = logits.amax(dim=-1, keepdim=True)
+        e = logits.sub_(m).exp_()
+    s = e.sum(dim=-1, keepdim=True)
+    lse = (m + torch.log(s)).squeeze(-1)
     if dropout > 0.0 and training:
-        probs = F.dropout(probs, dropout, training=True)
-    out = torch.matmul(probs.to(v.dtype), v)
-    return out, lse.squeeze(-1)
+        e = F.dropout(e, dropout, training=True)
+    out = torch.matmul(e.to(v.dtype), v)
+    return out / s.to(out.dtype), lse
+
+
+def _attend_slots(
+    scores: list[torch.Tensor], values: list[torch.Tensor], dropout: float, training: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Softmax over the keys of several slots at once (scores[s]: (M, c, c_s), values[s]: (M, c_s, d)).
+
+    Same math as `_attend` over the concatenated slots, without concatenating them.
+    """
+    grad = any(x.requires_grad for x in scores)
+    m = torch.stack([x.detach().amax(dim=-1) for x in scores]).amax(dim=0).unsqueeze(-1)
+    exps = [torch.exp(x - m) if grad else x.sub_(m).exp_() for x in scores]
+    total = exps[0].sum(dim=-1, keepdim=True)
+    for e in exps[1:]:
+        total = total + e.sum(dim=-1, keepdim=True)
+    lse = (m + torch.log(total)).squeeze(-1)
+    out = None
+    for e, v in zip(exps, values):
+        if dropout > 0.0 and training:
+            e = F.dropout(e, dropout, training=True)
+        part = torch.matmul(e.to(v.dtype), v)
+        out = part if out is None else out + part
+    return out / total.to(out.dtype), lse
+
+
+def _scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """``q @ k^T`` promoted to at least float32 (never downcast)."""
+    logits = torch.matmul(q, k.transpose(-1, -2))
+    return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
 def full_attention(
@@ -170,11 +221,33 @@ def full_attention(
         (B, H, L, d) outputs.
     """
     k = F.normalize(qk, dim=-1, eps=1e-6)
-    L = qk.shape[2]
-    key_ok = key_valid[:, None, None, :]
-    is_self = torch.eye(L, dtype=torch.bool, device=qk.device)[None, None]
-    out, _ = _masked_softmax_attend(qk, k, v, key_ok, is_self, dropout, training)
+    logits = _scores(qk, k)
+    bias = torch.zeros(key_valid.shape, dtype=logits.dtype, device=qk.device)
+    logits = logits + bias.masked_fill_(~key_valid, MASK_PAD)[:, None, None, :]
+    logits.diagonal(dim1=-2, dim2=-1).fill_(MASK_SELF)
+    out, _ = _attend(logits, v, dropout, training)
     return out
+
+
+class _SortRows(torch.autograd.Function):
+    """``out[j] = x[rows[j], perm[j]]``: rows of ``x`` (N, L, d) sorted by a permutation, several rounds per
+    row. The gradient gathers by the inverse permutation and sums the rounds of each row (no scatter over
+    positions)."""
+
+    @staticmethod
+    def forward(ctx, x, rows, perm, inv):  # type: ignore[override]
+        N, L, d = x.shape
+        flat = (rows.unsqueeze(1) * L + perm).reshape(-1)
+        ctx.save_for_backward(rows, inv)
+        ctx.n_rows = N
+        return x.reshape(N * L, d).index_select(0, flat).view(perm.shape[0], L, d)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        rows, inv = ctx.saved_tensors
+        unsorted = _gather_rows(grad, inv)
+        out = grad.new_zeros((ctx.n_rows, *grad.shape[1:]))
+        return out.index_add_(0, rows, unsorted), None, None, None
 
 
 def chunked_attention(
@@ -207,10 +280,12 @@ def chunked_attention(
     N, L, d = qk.shape
     R = perm.shape[1]
     nc = L // chunk
-    width = (1 + before + after) * chunk
+    T = before + nc + after  # chunks per row in the padded layout
+    n_slots = before + 1 + after
+    k = F.normalize(qk, dim=-1, eps=1e-6)
     flat_perm = perm.reshape(N * R, L)
     item_row = torch.arange(N * R, device=qk.device) // R
-    step = max(1, budget // max(1, L * width))
+    step = max(1, budget // max(1, L * n_slots * chunk))
     outs: list[torch.Tensor] = []
     lses: list[torch.Tensor] = []
     for start in range(0, N * R, step):
@@ -219,22 +294,37 @@ def chunked_attention(
         inv = inverse_permutation(p)
         n = p.shape[0]
         nrc = n_real_chunks.index_select(0, rows)
-        sq = PermuteRows.apply(qk.index_select(0, rows), p, inv)
-        sv = PermuteRows.apply(v.index_select(0, rows), p, inv)
-        sk = F.normalize(sq, dim=-1, eps=1e-6)
-        q_c = sq.view(n, nc, chunk, d)
-        k_w = look_around(sk.view(n, nc, chunk, d), nrc, before, after, wrap)
-        v_w = look_around(sv.view(n, nc, chunk, d), nrc, before, after, wrap)
-        pos_c = p.view(n, nc, chunk)
-        pos_w = look_around(pos_c, nrc, before, after, wrap)  # (n, nc, width)
-        slot = window_slot_chunks(nc, nrc, before, after, wrap)  # (n, nc, slots)
-        slot_ok = (slot >= 0).repeat_interleave(chunk, dim=-1)
-        valid = key_valid.index_select(0, rows)
-        key_ok = valid.gather(1, pos_w.reshape(n, -1)).view(n, nc, width) & slot_ok
-        # Empty slots hold copies of other chunks (possibly the query's own): only occupied slots count as self,
-        # so a copy never turns a padding-masked slot into a self-masked one.
-        is_self = (pos_w.unsqueeze(2) == pos_c.unsqueeze(3)) & slot_ok.unsqueeze(2)  # (n, nc, c, width)
-        out, lse = _masked_softmax_attend(q_c, k_w, v_w, key_ok.unsqueeze(2), is_self, dropout, training)
+
+        def padded(x: torch.Tensor, rows=rows, p=p, inv=inv, nrc=nrc, n=n) -> torch.Tensor:
+            sorted_chunks = _SortRows.apply(x, rows, p, inv).view(n, nc, chunk, -1)
+            return _pad_chunks(sorted_chunks, nrc, before, after, wrap).reshape(n * T, chunk, -1)
+
+        # Every chunk's window is `n_slots` consecutive chunks of the padded layout, so the scores of slot s
+        # are one batched product of two contiguous ranges of it (no window is ever copied). The range covers
+        # M = n*T - before - after query chunks; the few that straddle two rows are junk and dropped at the end.
+        qp, kp, vp = padded(qk), padded(k), padded(v)
+        M = n * T - before - after
+        q_rng = qp[before : before + M]
+        valid_p = _pad_chunks(
+            key_valid.index_select(0, rows).gather(1, p).view(n, nc, chunk), nrc, before, after, wrap
+        ).reshape(n * T, chunk)
+        slot_ok = torch.zeros((n, T, n_slots), dtype=torch.bool, device=qk.device)
+        slot_ok[:, before : before + nc] = window_slot_chunks(nc, nrc, before, after, wrap) >= 0
+        slot_ok = slot_ok.view(n * T, n_slots)[before : before + M]
+        scores = []
+        for slot in range(n_slots):
+            lo = slot  # keys of slot s for query chunk t (padded index t + before) sit at padded index t + s
+            logits = _scores(q_rng, kp[lo : lo + M])  # (M, c, c)
+            ok = valid_p[lo : lo + M] & slot_ok[:, slot : slot + 1]
+            bias = torch.zeros(ok.shape, dtype=logits.dtype, device=ok.device).masked_fill_(~ok, MASK_PAD)
+            logits = logits + bias.unsqueeze(1)
+            if slot == before:
+                logits.diagonal(dim1=-2, dim2=-1).fill_(MASK_SELF)
+            scores.append(logits)
+        out_rng, lse_rng = _attend_slots(scores, [vp[s : s + M] for s in range(n_slots)], dropout, training)
+        # Back to (n, nc, c, ...) rows: pad the range to n*T chunks and keep each row's real chunk positions.
+        out = F.pad(out_rng, (0, 0, 0, 0, before, after)).view(n, T, chunk, d)[:, before : before + nc]
+        lse = F.pad(lse_rng, (0, 0, before, after)).view(n, T, chunk)[:, before : before + nc]
         outs.append(PermuteRows.apply(out.reshape(n, L, d), inv, p))
         lses.append(PermuteRows.apply(lse.reshape(n, L), inv, p))
     out = torch.cat(outs, 0).view(N, R, L, d)

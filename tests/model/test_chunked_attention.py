@@ -83,23 +83,24 @@ def test_inverse_permutation_inverts():
 
 
 def test_window_slots_wrap_inside_real_chunks_without_duplicates():
-    # 6 chunks; documents with 6, 4, 2 and 1 real chunks. Slot order: [self, previous, next].
+    # 6 chunks; documents with 6, 4, 2 and 1 real chunks. Slot order: [previous, self, next].
     slots = window_slot_chunks(6, torch.tensor([6, 4, 2, 1]), 1, 1, wrap=True)
     assert slots.shape == (4, 6, 3)
-    assert slots[0, 0].tolist() == [0, 5, 1]
-    assert slots[0, 5].tolist() == [5, 4, 0]
-    assert slots[1, 0].tolist() == [0, 3, 1]  # the first chunk wraps to the last *real* chunk
-    assert slots[1, 3].tolist() == [3, 2, 0]  # the last real chunk wraps to the first
-    assert slots[2, 0].tolist() == [0, 1, -1]  # two real chunks: the other one appears once
-    assert slots[2, 1].tolist() == [1, 0, -1]
-    assert slots[3, 0].tolist() == [0, -1, -1]  # one real chunk: only itself
+    assert slots[0, 0].tolist() == [5, 0, 1]
+    assert slots[0, 5].tolist() == [4, 5, 0]
+    assert slots[1, 0].tolist() == [3, 0, 1]  # the first chunk wraps to the last *real* chunk
+    assert slots[1, 3].tolist() == [2, 3, 0]  # the last real chunk wraps to the first
+    assert slots[2, 0].tolist() == [1, 0, -1]  # two real chunks: the other one appears once
+    assert slots[2, 1].tolist() == [0, 1, -1]
+    assert slots[3, 0].tolist() == [-1, 0, -1]  # one real chunk: only itself
+    assert slots[1, 4].tolist() == [-1, -1, -1]  # a chunk of padding only claims no slot
     for row in slots.tolist():
         for window in row:
             seen = [c for c in window if c >= 0]
             assert len(seen) == len(set(seen))
     plain = window_slot_chunks(6, torch.tensor([4]), 1, 1, wrap=False)
-    assert plain[0, 0].tolist() == [0, -1, 1]
-    assert plain[0, 3].tolist() == [3, 2, -1]  # no wrap: the last real chunk does not see the first
+    assert plain[0, 0].tolist() == [-1, 0, 1]
+    assert plain[0, 3].tolist() == [2, 3, -1]  # no wrap: the last real chunk does not see the first
 
 
 def test_look_around_fills_the_slots_it_claims():
@@ -108,7 +109,7 @@ def test_look_around_fills_the_slots_it_claims():
     n_real = torch.tensor([5, 3, 1])
     for wrap in (True, False):
         for before, after in ((1, 1), (1, 0), (0, 1)):
-            got = look_around(x, n_real, before, after, wrap).view(n, nc, 1 + before + after, c)
+            got = look_around(x, n_real, before, after, wrap).reshape(n, nc, 1 + before + after, c)
             slots = window_slot_chunks(nc, n_real, before, after, wrap)
             for row in range(n):
                 for ci in range(nc):
