@@ -1,0 +1,98 @@
+"""``reformer-retrieval encode``: a Parquet corpus -> an embeddings Parquet file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+__all__ = ["encode"]
+
+_EPILOG = """\b
+Examples:
+  reformer-retrieval encode examples/sample.parquet -o emb.parquet
+  reformer-retrieval encode 'shards/*.parquet' -o emb.parquet --model my_model/ --device cuda
+  reformer-retrieval encode corpus/ -o emb.parquet --long-docs window --resume
+
+\b
+CORPUS is a Parquet file, a directory of *.parquet shards or a quoted glob. Rows with a null id,
+a null/empty/whitespace-only text are skipped and listed in EMB.skipped.parquet (id, reason, file, row).
+Interrupted (Ctrl-C, crash)? Run the same command with --resume: finished parts are kept and the
+output is the same as that of an uninterrupted run.
+"""
+
+
+@click.command("encode", epilog=_EPILOG)
+@click.argument("corpus", metavar="CORPUS")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              metavar="EMB.parquet", help="Embeddings file to write (id, embedding, n_tokens, truncated).")
+@click.option("--model", "model", type=click.Path(file_okay=False, path_type=Path), default=None,
+              metavar="DIR", help="Model directory (default: the bundled default model).")
+@click.option("--id-column", default="id", show_default=True, help="Id column of the corpus.")
+@click.option("--text-column", default="text", show_default=True, help="Text column of the corpus.")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
+              help="Where to run the model; auto uses CUDA when present.")
+@click.option("--dtype", default=None, type=click.Choice(["float32", "bfloat16", "float16"]),
+              help="Compute dtype [default: float32 on CPU, bfloat16 on GPU].")
+@click.option("--batch-tokens", type=click.IntRange(min=1), default=None,
+              help="Padded tokens per forward pass [default: 65536 on CPU, 262144 on GPU].")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=65_536, show_default=True,
+              help="Tokens read per document (or per window), at most the model's max_len.")
+@click.option("--long-docs", type=click.Choice(["truncate", "window"]), default="truncate", show_default=True,
+              help="Longer documents: cut at --max-tokens (flagged), or read whole as overlapping windows.")
+@click.option("--on-duplicate", type=click.Choice(["error", "keep_first"]), default="error", show_default=True,
+              help="A repeated id: stop with an error, or keep the first row and list the others as skipped.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run (from EMB.parquet.parts/).")
+@click.option("--part-docs", type=click.IntRange(min=1), default=4096, show_default=True,
+              help="Documents per resumable part (a part also closes at about 1M tokens).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def encode(
+    corpus: str,
+    output: Path,
+    model: Path | None,
+    id_column: str,
+    text_column: str,
+    device: str,
+    dtype: str | None,
+    batch_tokens: int | None,
+    max_tokens: int,
+    long_docs: str,
+    on_duplicate: str,
+    resume: bool,
+    part_docs: int,
+    quiet: bool,
+) -> None:
+    """Embed every document of a Parquet CORPUS into EMB.parquet (one unit vector per id)."""
+    from reformer_retrieval.checkpoint import ModelDirectoryError
+    from reformer_retrieval.corpus import CorpusError
+    from reformer_retrieval.encode import Encoder, parts_dir_for
+
+    try:
+        encoder = Encoder.load(
+            model,
+            device=device,
+            dtype=dtype,
+            batch_tokens=batch_tokens,
+            max_tokens=max_tokens,
+            long_docs=long_docs,  # type: ignore[arg-type]
+        )
+        summary = encoder.encode_parquet(
+            corpus,
+            output,
+            id_column=id_column,
+            text_column=text_column,
+            resume=resume,
+            on_duplicate=on_duplicate,  # type: ignore[arg-type]
+            show_progress=not quiet,
+            part_docs=part_docs,
+        )
+    except KeyboardInterrupt:
+        parts = parts_dir_for(output)
+        hint = f"; finished parts are kept in {parts}: run the same command with --resume" if parts.exists() else ""
+        click.echo(f"interrupted{hint}", err=True)
+        sys.exit(130)
+    except (CorpusError, ModelDirectoryError, ValueError, TypeError, OSError) as exc:
+        raise click.ClickException(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
+    for line in summary.lines():
+        click.echo(line)

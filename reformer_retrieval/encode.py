@@ -1,0 +1,720 @@
+"""`Encoder`: the inference front door (device, dtype, length-sorted batching, long documents, resume).
+
+Texts are tokenised once, sorted by length and grouped into batches whose padded size stays under a token
+budget (``batch_tokens``), so short and long documents never share a batch and padding waste stays small;
+vectors come back in input order. A document's vector does not depend on its batch companions (the model is
+batch-invariant), so the grouping changes speed only.
+
+Documents longer than ``max_tokens`` are either truncated (``long_docs="truncate"``; flagged in
+``truncated``) or read whole as overlapping windows whose embeddings are averaged with weights equal to
+their token counts and re-normalised (``long_docs="window"``).
+
+`Encoder.encode_parquet` streams a Parquet corpus into an embeddings file through numbered part files in
+``<dst>.parts/``; each part is written atomically, so a run killed at any moment can be continued with
+``resume=True`` and ends with exactly the same output as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from tqdm.auto import tqdm
+
+from reformer_retrieval.atomic import atomic_write_text
+from reformer_retrieval.checkpoint import load_model, load_tokenizer
+from reformer_retrieval.corpus import (
+    CorpusError,
+    EmbeddingWriter,
+    IdKind,
+    SkippedRecord,
+    SkipReport,
+    corpus_id_kind,
+    count_rows,
+    iter_batches,
+    read_skipped,
+    resolve_sources,
+    write_skipped,
+)
+from reformer_retrieval.tokenizer import ByteTokenizer
+
+__all__ = [
+    "DEFAULT_MODEL_DIR",
+    "EncodeSummary",
+    "Encoder",
+    "default_skipped_path",
+    "parts_dir_for",
+    "plan_batches",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent / "assets" / "default"
+"""The bundled default model (see its ``training.json`` for what it is)."""
+
+DEFAULT_BATCH_TOKENS = {"cpu": 65_536, "cuda": 262_144}
+"""Padded tokens per forward pass when ``batch_tokens`` is not given, per device type."""
+
+PROGRESS_FILE = "progress.json"
+PARTS_FORMAT = 1
+LongDocs = Literal["truncate", "window"]
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+}
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` -> CUDA when available, else CPU; anything else as ``torch.device`` (CUDA checked)."""
+    if isinstance(device, str) and device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"device={device!r}: not a device name (use auto, cpu, cuda or cuda:N)") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r}: CUDA is not available on this machine (use --device cpu)")
+    return dev
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """``None`` -> float32 on CPU, bfloat16 on GPU; names such as ``"bf16"`` or ``"float32"`` accepted."""
+    if dtype is None:
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if isinstance(dtype, torch.dtype):
+        resolved = dtype
+    elif isinstance(dtype, str) and dtype.lower().removeprefix("torch.") in _DTYPES:
+        resolved = _DTYPES[dtype.lower().removeprefix("torch.")]
+    else:
+        raise ValueError(f"dtype={dtype!r}: use float32, bfloat16 or float16")
+    if resolved not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ValueError(f"dtype={dtype!r}: use float32, bfloat16 or float16")
+    return resolved
+
+
+def plan_batches(lengths: Sequence[int], batch_tokens: int, pad_multiple: int = 1) -> list[list[int]]:
+    """Group items into length-sorted batches whose padded size stays within ``batch_tokens``.
+
+    Items are taken longest first; a batch is as wide as its first (longest) item rounded up to
+    ``pad_multiple``, and holds as many items as fit ``rows * width <= batch_tokens`` (at least one,
+    so an item longer than the budget gets a batch of its own). Ties keep input order, so the plan is
+    a deterministic function of the lengths.
+
+    Returns:
+        Lists of item indices, one list per batch.
+    """
+    if batch_tokens <= 0:
+        raise ValueError(f"batch_tokens={batch_tokens}: must be positive")
+    order = sorted(range(len(lengths)), key=lambda i: (-int(lengths[i]), i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = 0
+    for i in order:
+        if current and (len(current) + 1) * width > batch_tokens:
+            batches.append(current)
+            current = []
+        if not current:
+            n = max(int(lengths[i]), 1)
+            width = -(-n // pad_multiple) * pad_multiple
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def parts_dir_for(dst: str | os.PathLike[str]) -> Path:
+    """Where `Encoder.encode_parquet` keeps the parts of an unfinished output: ``<dst>.parts``."""
+    return Path(f"{os.fspath(dst)}.parts")
+
+
+def default_skipped_path(dst: str | os.PathLike[str]) -> Path:
+    """The skipped-rows report written beside an output: ``emb.parquet`` -> ``emb.skipped.parquet``."""
+    dst = Path(dst)
+    stem = dst.name[: -len(".parquet")] if dst.name.endswith(".parquet") else dst.name
+    return dst.with_name(f"{stem}.skipped.parquet")
+
+
+@dataclass
+class _Prepared:
+    """Texts turned into model inputs: zero or more segments (token id arrays) per document."""
+
+    segments: list[np.ndarray] = field(default_factory=list)
+    seg_doc: list[int] = field(default_factory=list)
+    n_tokens: list[int] = field(default_factory=list)
+    truncated: list[bool] = field(default_factory=list)
+    tokens: int = 0
+
+    def add(self, segments: Iterable[np.ndarray], n_tokens: int, truncated: bool) -> None:
+        """Append one document."""
+        doc = len(self.n_tokens)
+        for seg in segments:
+            self.segments.append(seg)
+            self.seg_doc.append(doc)
+            self.tokens += len(seg)
+        self.n_tokens.append(n_tokens)
+        self.truncated.append(truncated)
+
+    @property
+    def n_docs(self) -> int:
+        return len(self.n_tokens)
+
+
+class _Progress:
+    """A tqdm bar over documents with a tokens/s read-out (tokens actually encoded in this run)."""
+
+    def __init__(self, total: int | None, enabled: bool, desc: str) -> None:
+        self.bar = tqdm(total=total, unit="doc", desc=desc, disable=not enabled, dynamic_ncols=True, mininterval=0.5)
+        self.tokens = 0
+        self.start = time.perf_counter()
+
+    def update(self, docs: int = 0, tokens: int = 0) -> None:
+        self.tokens += tokens
+        if docs:
+            elapsed = max(time.perf_counter() - self.start, 1e-9)
+            self.bar.set_postfix_str(f"{self.tokens / elapsed:,.0f} tok/s", refresh=False)
+            self.bar.update(docs)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+@dataclass
+class EncodeSummary:
+    """What `Encoder.encode_parquet` did.
+
+    Attributes:
+        output: The embeddings file.
+        skipped_path: The skipped-rows report (``id``, ``reason``, ``file``, ``row``).
+        documents: Documents encoded (rows of ``output``).
+        skipped: Rows skipped (nulls, empties, non-text, duplicates kept out).
+        truncated: Documents cut at ``max_tokens``.
+        tokens: Tokens read over all documents.
+        seconds: Wall time of this call.
+        skip_reasons: Skipped rows per reason.
+        parts_resumed: Parts found finished from an earlier, interrupted run.
+        model_id: Fingerprint of the model.
+        max_tokens: Token limit per document (or per window).
+        long_docs: ``"truncate"`` or ``"window"``.
+    """
+
+    output: Path
+    skipped_path: Path
+    documents: int
+    skipped: int
+    truncated: int
+    tokens: int
+    seconds: float
+    skip_reasons: dict[str, int] = field(default_factory=dict)
+    parts_resumed: int = 0
+    model_id: str = ""
+    max_tokens: int = 0
+    long_docs: str = "truncate"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        d = asdict(self)
+        d["output"], d["skipped_path"] = str(self.output), str(self.skipped_path)
+        return d
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_dict()[key]
+
+    def lines(self) -> list[str]:
+        """The summary shown on screen: what was written, what was skipped, what was truncated."""
+        rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
+        out = [
+            f"encoded {self.documents:,} documents ({self.tokens:,} tokens) in {self.seconds:,.1f} s "
+            f"({rate:,.0f} tokens/s) -> {self.output} [model {self.model_id}]"
+        ]
+        if self.parts_resumed:
+            out.append(f"resumed: {self.parts_resumed} part(s) were already done by an earlier run")
+        report = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skip_reasons.items()))
+        out.append(
+            f"skipped {self.skipped:,} rows" + (f" ({report})" if report else "") + f"; listed in {self.skipped_path}"
+        )
+        if self.long_docs == "window":
+            out.append(f"truncated 0 documents (long documents read whole as windows of {self.max_tokens:,} tokens)")
+        else:
+            out.append(
+                f"truncated {self.truncated:,} documents longer than max_tokens={self.max_tokens:,} "
+                "(flagged in the 'truncated' column; long_docs='window' reads them whole)"
+            )
+        return out
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+# --------------------------------------------------------------------------------------------- encoder
+class Encoder:
+    """Encodes texts and Parquet corpora into unit vectors with a `ReformerEncoder`.
+
+    Example:
+        >>> enc = Encoder.load()                          # the bundled default model  # doctest: +SKIP
+        >>> vectors = enc.encode(["text one", "text two"])  # float32 (2, enc.dim)     # doctest: +SKIP
+        >>> enc.encode_parquet("corpus.parquet", "embeddings.parquet")                # doctest: +SKIP
+
+    Attributes:
+        model: The `ReformerEncoder` (eval mode, on ``device``, in ``dtype``).
+        tokenizer: Its `ByteTokenizer`.
+        device: Where the model runs.
+        dtype: Compute dtype (float32 on CPU and bfloat16 on GPU by default).
+        batch_tokens: Padded tokens per forward pass.
+        max_tokens: Tokens read per document (``truncate``) or per window (``window``); at most the
+            model's ``max_len``.
+        long_docs: ``"truncate"`` or ``"window"``.
+        window_overlap: Tokens shared by consecutive windows (``window`` mode).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: ByteTokenizer | None = None,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype | None = None,
+        batch_tokens: int | None = None,
+        max_tokens: int = 65_536,
+        long_docs: LongDocs = "truncate",
+        window_overlap: int | None = None,
+    ) -> None:
+        if long_docs not in ("truncate", "window"):
+            raise ValueError(f"long_docs={long_docs!r}: must be 'truncate' or 'window'")
+        if not isinstance(max_tokens, (int, np.integer)) or max_tokens <= 0:
+            raise ValueError(f"max_tokens={max_tokens!r}: must be a positive integer")
+        if batch_tokens is not None and (not isinstance(batch_tokens, (int, np.integer)) or batch_tokens <= 0):
+            raise ValueError(f"batch_tokens={batch_tokens!r}: must be a positive integer")
+        self._model_id: str = model.model_id  # fingerprint of the weights as saved, before any dtype cast
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        self.tokenizer = tokenizer if tokenizer is not None else ByteTokenizer(max_len=model.config.max_len)
+        self.max_tokens = int(min(max_tokens, model.config.max_len))
+        self.long_docs: LongDocs = long_docs
+        overlap = self.max_tokens // 8 if window_overlap is None else int(window_overlap)
+        if not 0 <= overlap < self.max_tokens:
+            raise ValueError(f"window_overlap={window_overlap!r}: must be in [0, max_tokens={self.max_tokens})")
+        self.window_overlap = overlap
+        self.batch_tokens = int(batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 65_536))
+        self.pad_multiple = int(getattr(model, "pad_multiple", 1))
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype | None = None,
+        batch_tokens: int | None = None,
+        max_tokens: int = 65_536,
+        long_docs: LongDocs = "truncate",
+        window_overlap: int | None = None,
+    ) -> Encoder:
+        """Load a saved model directory (``None``: the bundled default model).
+
+        Args:
+            path: A directory written by ``ReformerEncoder.save_pretrained``; ``None`` for the default.
+            device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"`` ...
+            dtype: ``None`` (float32 on CPU, bfloat16 on GPU), or ``"float32"``, ``"bfloat16"``, ``"float16"``.
+            batch_tokens: Padded tokens per forward pass (default 65,536 on CPU, 262,144 on GPU).
+            max_tokens: Longest document (or window) in tokens, capped at the model's ``max_len``.
+            long_docs: ``"truncate"`` longer documents (flagged), or read them whole as ``"window"`` s.
+            window_overlap: Overlap of consecutive windows in tokens (default ``max_tokens // 8``).
+
+        Raises:
+            ModelDirectoryError: if the directory lacks ``config.json`` or ``model.safetensors``.
+        """
+        directory = DEFAULT_MODEL_DIR if path is None else Path(path)
+        model = load_model(directory, map_location="cpu")
+        tokenizer = load_tokenizer(directory)
+        return cls(
+            model,
+            tokenizer,
+            device=device,
+            dtype=dtype,
+            batch_tokens=batch_tokens,
+            max_tokens=max_tokens,
+            long_docs=long_docs,
+            window_overlap=window_overlap,
+        )
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def model_id(self) -> str:
+        """Fingerprint of the model (12 hex characters), written into every embeddings file."""
+        return self._model_id
+
+    @property
+    def dim(self) -> int:
+        """Width of the embeddings."""
+        return int(self.model.config.embedding_dim)
+
+    def __repr__(self) -> str:
+        return (
+            f"Encoder(model_id={self.model_id!r}, dim={self.dim}, device={str(self.device)!r}, "
+            f"dtype={str(self.dtype).removeprefix('torch.')}, max_tokens={self.max_tokens}, "
+            f"long_docs={self.long_docs!r}, batch_tokens={self.batch_tokens})"
+        )
+
+    # ------------------------------------------------------------------ texts
+    def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
+        """Unit vectors of ``texts``: float32 array (n, dim), in input order.
+
+        An empty text gets the zero vector. Truncation is reported as a logged warning; use
+        `encode_with_info` to get ``n_tokens`` and ``truncated`` per text.
+        """
+        vectors, _, truncated = self.encode_with_info(texts, show_progress=show_progress)
+        if truncated.any():
+            logger.warning(
+                "%d of %d texts were longer than max_tokens=%d and were truncated "
+                "(encode_with_info reports which; long_docs='window' reads them whole)",
+                int(truncated.sum()),
+                len(truncated),
+                self.max_tokens,
+            )
+        return vectors
+
+    def encode_with_info(
+        self, texts: Sequence[str], show_progress: bool = False
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Vectors plus what was read.
+
+        Returns:
+            ``(vectors, n_tokens, truncated)``: float32 (n, dim); int32 (n,) tokens read per text (all of
+            them in ``window`` mode); bool (n,) True where a text was cut at ``max_tokens``.
+        """
+        texts = _as_text_list(texts)
+        prepared = self._prepare(texts)
+        progress = _Progress(len(texts), show_progress, desc="encode")
+        try:
+            vectors = self._run(prepared, progress)
+        finally:
+            progress.close()
+        return vectors, np.asarray(prepared.n_tokens, dtype=np.int32), np.asarray(prepared.truncated, dtype=bool)
+
+    def _tokenize(self, text: str) -> tuple[list[np.ndarray], int, bool]:
+        """Segments of one text (none if empty), tokens read, and whether it was truncated.
+
+        Segments are stored as int16 (the byte vocabulary fits), a quarter of the memory of int64.
+        """
+        compact = np.int16 if self.tokenizer.vocab_size <= np.iinfo(np.int16).max else np.int64
+        if self.long_docs == "truncate":
+            ids, total = self.tokenizer.encode(text, self.max_tokens)
+            return ([ids.astype(compact)] if len(ids) else []), len(ids), total > self.max_tokens
+        ids, total = self.tokenizer.encode(text, sys.maxsize)
+        return list(_windows(ids.astype(compact), self.max_tokens, self.window_overlap)), total, False
+
+    def _prepare(self, texts: Sequence[str]) -> _Prepared:
+        prepared = _Prepared()
+        for text in texts:
+            prepared.add(*self._tokenize(text))
+        return prepared
+
+    def _run(self, prepared: _Prepared, progress: _Progress) -> np.ndarray:
+        n = prepared.n_docs
+        out = np.zeros((n, self.dim), dtype=np.float32)
+        seg_doc = np.asarray(prepared.seg_doc, dtype=np.int64)
+        lengths = np.fromiter((len(s) for s in prepared.segments), dtype=np.int64, count=len(prepared.segments))
+        seg_vectors = np.zeros((len(prepared.segments), self.dim), dtype=np.float32)
+        remaining = np.bincount(seg_doc, minlength=n)
+        progress.update(docs=int((remaining == 0).sum()))  # empty texts: nothing to run
+        # Batches are queued without waiting for results (on a GPU the host prepares the next batch while the
+        # device computes); the vectors are copied back once per call, then placed in input order.
+        pending: list[tuple[list[int], torch.Tensor]] = []
+        for batch in plan_batches(lengths, self.batch_tokens, self.pad_multiple):
+            pending.append((batch, self._launch([prepared.segments[i] for i in batch])))
+            docs = seg_doc[batch]
+            np.subtract.at(remaining, docs, 1)
+            progress.update(docs=int((remaining[np.unique(docs)] == 0).sum()), tokens=int(lengths[batch].sum()))
+        for batch, emb in pending:
+            seg_vectors[batch] = emb.cpu().numpy()
+        if not len(prepared.segments):
+            return out
+        counts = np.bincount(seg_doc, minlength=n)
+        single = counts[seg_doc] == 1
+        out[seg_doc[single]] = seg_vectors[single]  # one segment: its vector as is
+        multi = ~single
+        if multi.any():  # windows: token-weighted mean, re-normalised
+            pooled = np.zeros((n, self.dim), dtype=np.float64)
+            np.add.at(pooled, seg_doc[multi], seg_vectors[multi].astype(np.float64) * lengths[multi, None])
+            docs = np.unique(seg_doc[multi])
+            norms = np.linalg.norm(pooled[docs], axis=1, keepdims=True)
+            out[docs] = (pooled[docs] / np.maximum(norms, 1e-12)).astype(np.float32)
+        return out
+
+    def _launch(self, segments: list[np.ndarray]) -> torch.Tensor:
+        """Queue one forward pass over token arrays; float32 (n, dim) on the device, split on out-of-memory."""
+        width = max(len(s) for s in segments)
+        ids = np.zeros((len(segments), width), dtype=np.int64)
+        mask = np.zeros((len(segments), width), dtype=bool)
+        for row, seg in enumerate(segments):
+            ids[row, : len(seg)] = seg
+            mask[row, : len(seg)] = True
+        if self.tokenizer.pad_token_id != 0:
+            ids[~mask] = self.tokenizer.pad_token_id
+        try:
+            with torch.inference_mode():
+                emb = self.model(
+                    torch.from_numpy(ids).to(self.device, non_blocking=True),
+                    torch.from_numpy(mask).to(self.device, non_blocking=True),
+                )
+                return emb.float()
+        except torch.cuda.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if len(segments) == 1:
+                raise RuntimeError(
+                    f"out of memory encoding one document of {width:,} tokens on {self.device}; "
+                    "lower max_tokens or use long_docs='window'"
+                ) from None
+            half = len(segments) // 2
+            logger.warning("out of memory on a batch of %d x %d tokens; splitting it", len(segments), width)
+            return torch.cat([self._launch(segments[:half]), self._launch(segments[half:])])
+
+    # ------------------------------------------------------------------ Parquet
+    def encode_parquet(
+        self,
+        src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+        dst: str | os.PathLike[str],
+        id_column: str = "id",
+        text_column: str = "text",
+        resume: bool = False,
+        on_duplicate: Literal["error", "keep_first"] = "error",
+        skipped_path: str | os.PathLike[str] | None = None,
+        show_progress: bool = True,
+        part_docs: int = 4096,
+        part_tokens: int = 1 << 20,
+        read_batch_size: int = 256,
+    ) -> EncodeSummary:
+        """Encode a Parquet corpus into an embeddings file (ARCHITECTURE.md format).
+
+        The corpus is streamed (`reformer_retrieval.corpus.iter_batches`) and cut into parts of at most
+        ``part_docs`` documents or about ``part_tokens`` tokens; each part is encoded and written atomically
+        to ``<dst>.parts/part-NNNNN.parquet``. At the end the parts are merged into ``dst`` (atomically), the
+        skipped rows are written to ``skipped_path`` (default ``<dst stem>.skipped.parquet``) and the parts
+        folder is removed. If a run is interrupted, call again with ``resume=True`` (same arguments): finished
+        parts are kept, and the output is identical to that of an uninterrupted run.
+
+        Args:
+            src: Parquet file, directory of shards, glob, or list of these.
+            dst: Output embeddings file.
+            id_column: Id column of the corpus.
+            text_column: Text column of the corpus.
+            resume: Continue an interrupted run from ``<dst>.parts``.
+            on_duplicate: ``"error"`` or ``"keep_first"`` (others reported as skipped).
+            skipped_path: Where the skipped-rows report goes.
+            show_progress: Show a tqdm bar (documents, tokens/s).
+            part_docs: Documents per part at most.
+            part_tokens: A part also closes once it holds this many tokens (boundaries depend only on the data),
+                which bounds the memory a part takes whatever the corpus size.
+            read_batch_size: Rows read from Parquet at a time.
+
+        Returns:
+            An `EncodeSummary`; ``str(summary)`` is the text to show.
+
+        Raises:
+            CorpusError: bad corpus (missing column, wrong type, duplicate id, unreadable file), or
+                ``<dst>.parts`` holds an interrupted run and ``resume`` is False, or it was made with other
+                settings.
+        """
+        start = time.perf_counter()
+        files = resolve_sources(src)
+        dst = Path(dst)
+        if dst.is_dir():
+            raise CorpusError(f"output {dst} is a directory; give a file name such as {dst / 'embeddings.parquet'}")
+        if part_docs <= 0 or part_tokens <= 0:
+            raise ValueError("part_docs and part_tokens must be positive")
+        skipped_path = Path(skipped_path) if skipped_path is not None else default_skipped_path(dst)
+        id_kind = corpus_id_kind(files, id_column, text_column)
+        parts_dir = parts_dir_for(dst)
+        settings = self._settings(files, id_column, text_column, on_duplicate, part_docs, part_tokens, read_batch_size)
+        self._open_parts(parts_dir, settings, resume)
+
+        progress = _Progress(count_rows(files), show_progress, desc=f"encode {dst.name}")
+        n_parts = 0
+        resumed = 0
+        try:
+            # Texts are tokenised as they arrive (and dropped): a part holds at most ~part_tokens token ids.
+            ids: list[Any] = []
+            part = _Prepared()
+            skipped: list[SkippedRecord] = []
+            for batch in iter_batches(files, id_column, text_column, read_batch_size, on_duplicate):
+                skipped.extend(batch.skipped)
+                progress.update(docs=len(batch.skipped))
+                for doc_id, text in zip(batch.ids, batch.texts):
+                    ids.append(doc_id)
+                    part.add(*self._tokenize(text))
+                    if len(ids) >= part_docs or part.tokens >= part_tokens:
+                        resumed += self._part(parts_dir, n_parts, ids, part, skipped, id_kind, progress)
+                        n_parts += 1
+                        ids, part, skipped = [], _Prepared(), []
+            if ids or skipped or n_parts == 0:
+                resumed += self._part(parts_dir, n_parts, ids, part, skipped, id_kind, progress)
+                n_parts += 1
+        except CorpusError:
+            # A problem in the data recurs on every rerun with these settings: the parts are of no use.
+            shutil.rmtree(parts_dir, ignore_errors=True)
+            raise
+        finally:
+            progress.close()
+        return self._merge(parts_dir, n_parts, dst, skipped_path, id_kind, resumed, start)
+
+    def _settings(
+        self,
+        files: list[Path],
+        id_column: str,
+        text_column: str,
+        on_duplicate: str,
+        part_docs: int,
+        part_tokens: int,
+        read_batch_size: int,
+    ) -> dict[str, Any]:
+        """Everything that decides the bytes of the output; a resumed run must match it exactly."""
+        return {
+            "model_id": self.model_id,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "device_type": self.device.type,
+            "max_tokens": self.max_tokens,
+            "long_docs": self.long_docs,
+            "window_overlap": self.window_overlap,
+            "batch_tokens": self.batch_tokens,
+            "tokenizer": self.tokenizer.to_dict(),
+            "id_column": id_column,
+            "text_column": text_column,
+            "on_duplicate": on_duplicate,
+            "part_docs": part_docs,
+            "part_tokens": part_tokens,
+            "read_batch_size": read_batch_size,
+            "sources": [
+                {"path": str(p.resolve()), "size": p.stat().st_size, "mtime_ns": p.stat().st_mtime_ns} for p in files
+            ],
+        }
+
+    @staticmethod
+    def _open_parts(parts_dir: Path, settings: dict[str, Any], resume: bool) -> None:
+        progress_file = parts_dir / PROGRESS_FILE
+        if parts_dir.exists() and progress_file.is_file():
+            if not resume:
+                raise CorpusError(
+                    f"{parts_dir} holds an interrupted run: pass resume=True (--resume) to continue it, "
+                    "or delete that folder to start over"
+                )
+            try:
+                previous = json.loads(progress_file.read_text(encoding="utf-8"))["settings"]
+            except (ValueError, KeyError) as exc:
+                raise CorpusError(f"{progress_file}: unreadable ({exc}); delete {parts_dir} to start over") from None
+            changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
+            if changed:
+                first = changed[0]
+                raise CorpusError(
+                    f"cannot resume from {parts_dir}: it was made with other settings ({', '.join(changed)}; "
+                    f"e.g. {first}: {previous.get(first)!r} then, {settings.get(first)!r} now); "
+                    "delete that folder to start over"
+                )
+            logger.info("resuming from %s", parts_dir)
+            return
+        if parts_dir.exists():  # no progress file: nothing was committed yet
+            shutil.rmtree(parts_dir)
+        parts_dir.mkdir(parents=True)
+        atomic_write_text(
+            progress_file, json.dumps({"format": PARTS_FORMAT, "settings": settings}, indent=2, sort_keys=True)
+        )
+
+    def _part(
+        self,
+        parts_dir: Path,
+        index: int,
+        ids: list[Any],
+        prepared: _Prepared,
+        skipped: list[SkippedRecord],
+        id_kind: IdKind,
+        progress: _Progress,
+    ) -> int:
+        """Encode and write one part unless an earlier run finished it; returns 1 if it was already done."""
+        emb_path = parts_dir / f"part-{index:05d}.parquet"
+        skip_path = parts_dir / f"part-{index:05d}.skipped.parquet"
+        if emb_path.is_file() and skip_path.is_file():
+            progress.update(docs=len(ids))
+            return 1
+        write_skipped(skip_path, skipped, id_kind)
+        vectors = self._run(prepared, progress)
+        with EmbeddingWriter(emb_path, self.dim, self.model_id, id_kind) as writer:  # the part's commit point
+            writer.write(ids, vectors, prepared.n_tokens, prepared.truncated)
+        return 0
+
+    def _merge(
+        self, parts_dir: Path, n_parts: int, dst: Path, skipped_path: Path, id_kind: IdKind, resumed: int, start: float
+    ) -> EncodeSummary:
+        documents = tokens = truncated = 0
+        report = SkipReport()
+        for i in range(n_parts):
+            report.add(read_skipped(parts_dir / f"part-{i:05d}.skipped.parquet"))
+        write_skipped(skipped_path, report.records, id_kind)
+        with EmbeddingWriter(dst, self.dim, self.model_id, id_kind) as writer:
+            for i in range(n_parts):
+                table = pq.read_table(parts_dir / f"part-{i:05d}.parquet")
+                writer.write_table(table)
+                documents += table.num_rows
+                tokens += int(np.asarray(table.column("n_tokens").to_numpy(), dtype=np.int64).sum())
+                truncated += int(np.asarray(table.column("truncated").to_numpy(zero_copy_only=False)).sum())
+        shutil.rmtree(parts_dir, ignore_errors=True)
+        summary = EncodeSummary(
+            output=dst,
+            skipped_path=skipped_path,
+            documents=documents,
+            skipped=len(report),
+            truncated=truncated,
+            tokens=tokens,
+            seconds=time.perf_counter() - start,
+            skip_reasons=report.counts(),
+            parts_resumed=resumed,
+            model_id=self.model_id,
+            max_tokens=self.max_tokens,
+            long_docs=self.long_docs,
+        )
+        logger.info("%s", summary)
+        return summary
+
+
+# --------------------------------------------------------------------------------------------- utilities
+def _windows(ids: np.ndarray, size: int, overlap: int) -> Iterable[np.ndarray]:
+    """Consecutive windows of ``size`` tokens overlapping by ``overlap``, covering every token."""
+    if len(ids) == 0:
+        return []
+    if len(ids) <= size:
+        return [ids]
+    stride = size - overlap
+    starts = range(0, max(len(ids) - overlap, 1), stride)
+    return [ids[s : s + size] for s in starts if s < len(ids)]
+
+
+def _as_text_list(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str):
+        raise TypeError("encode expects a list of texts, got a single str (wrap it in a list)")
+    try:
+        items = list(texts)
+    except TypeError:
+        raise TypeError(f"encode expects a list of texts, got {type(texts).__name__}") from None
+    for i, text in enumerate(items):
+        if not isinstance(text, str):
+            raise TypeError(f"encode expects a list of str; item {i} is {type(text).__name__} ({text!r:.40})")
+    return items
