@@ -1,0 +1,197 @@
+"""Model quality: pair ROC-AUC and best pairwise F1 of a model's cosine similarities vs MinHash vs random init.
+
+On a labelled Parquet (``id``, ``text``, ``cluster``; pairs in one cluster are near-duplicates), every pair of
+documents in the file (or in the ``--max-clusters`` subset) is scored by
+
+* the model's cosine similarity (``--model``, default: the bundled default model),
+* the same architecture, randomly initialised (seed ``--random-seed``, same tokenizer),
+* MinHash, the anchor: datasketch ``MinHash(num_perm=128, seed=1)`` over word 3-grams (lower-cased ``\\w+``
+  tokens), similarity = datasketch's Jaccard estimate (share of equal hash values),
+
+twice: on the clean texts and on an OCR-noised copy made with ``augment(text, strength, seed=(noise_seed,
+row), preset="ocr")`` (each document noised independently). The table gives ROC-AUC and the best F1 over all
+thresholds, and each method's ratio to MinHash on the same data.
+
+Examples::
+
+    # full dev set on a GPU (about a minute with the default model)
+    python benchmarks/model_quality.py --model reformer_retrieval/assets/default --device cuda --json q.json
+    # a few minutes on 2 CPU cores: 12 clusters, texts cut to 3,000 characters
+    python benchmarks/model_quality.py --max-clusters 12 --max-chars 3000
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import markdown_table, write_json
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO / ".." / "shared" / "data" / "dev" / "wiki_versions" / "corpus.parquet"
+_WORDS = re.compile(r"\w+")
+
+__all__ = ["load_labelled", "main", "minhash_similarity", "shingles"]
+
+
+def load_labelled(path: Path, max_clusters: int, max_chars: int, seed: int) -> dict[str, Any]:
+    """Rows of a labelled Parquet file, optionally a seeded subset of whole clusters, texts cut to max_chars."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["id", "text", "cluster"])
+    ids = [str(x) for x in table.column("id").to_pylist()]
+    texts = table.column("text").to_pylist()
+    clusters = np.asarray([str(c) for c in table.column("cluster").to_pylist()])
+    rows = np.arange(len(ids))
+    if max_clusters:
+        rng = np.random.default_rng(seed)
+        chosen = rng.permutation(np.unique(clusters))[:max_clusters]
+        rows = np.flatnonzero(np.isin(clusters, chosen))
+    cut = sum(1 for r in rows if max_chars and len(texts[r]) > max_chars)
+    return {
+        "rows": rows,
+        "ids": [ids[r] for r in rows],
+        "texts": [texts[r][:max_chars] if max_chars else texts[r] for r in rows],
+        "clusters": clusters[rows],
+        "n_cut": cut,
+    }
+
+
+def shingles(text: str, n: int = 3) -> list[bytes]:
+    """Word n-grams of the lower-cased ``\\w+`` tokens (one shingle of all tokens if fewer than n)."""
+    tokens = _WORDS.findall(text.lower())
+    if len(tokens) < n:
+        return [" ".join(tokens).encode("utf-8")]
+    return [" ".join(tokens[i : i + n]).encode("utf-8") for i in range(len(tokens) - n + 1)]
+
+
+def minhash_similarity(texts: list[str], num_perm: int = 128) -> tuple[np.ndarray, list[Any]]:
+    """All-pairs datasketch Jaccard estimates (n, n) of word-3-gram MinHashes, and the MinHash objects."""
+    from datasketch import MinHash
+
+    sketches = []
+    for text in texts:
+        m = MinHash(num_perm=num_perm, seed=1)
+        m.update_batch(shingles(text))
+        sketches.append(m)
+    hv = np.stack([m.hashvalues for m in sketches])
+    sim = np.zeros((len(texts), len(texts)), dtype=np.float32)
+    block = 64
+    for start in range(0, len(texts), block):
+        sim[start : start + block] = (hv[start : start + block, None, :] == hv[None, :, :]).mean(axis=-1)
+    return sim, sketches
+
+
+def _exact_jaccard(a: str, b: str) -> float:
+    x, y = set(shingles(a)), set(shingles(b))
+    return len(x & y) / max(1, len(x | y))
+
+
+def _random_encoder(model_dir: Path | None, seed: int, device: str, batch_tokens: int | None) -> Any:
+    import torch
+
+    from reformer_retrieval.checkpoint import load_model, load_tokenizer
+    from reformer_retrieval.encode import DEFAULT_MODEL_DIR, Encoder
+    from reformer_retrieval.model.encoder import ReformerEncoder
+
+    directory = DEFAULT_MODEL_DIR if model_dir is None else model_dir
+    config = load_model(directory).config
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ReformerEncoder(config)
+    return Encoder(model, load_tokenizer(directory), device=device, batch_tokens=batch_tokens)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="labelled Parquet (id, text, cluster)")
+    parser.add_argument("--model", type=Path, default=None, help="model directory (default: the bundled model)")
+    parser.add_argument("--max-clusters", type=int, default=0, help="seeded subset of whole clusters (0 = all)")
+    parser.add_argument("--max-chars", type=int, default=0, help="cut every text to this many characters (0 = no cut)")
+    parser.add_argument("--noise-preset", default="ocr", help="augmentation preset of the noisy copy")
+    parser.add_argument("--noise-strength", type=float, default=0.5, help="strength of the noisy copy")
+    parser.add_argument("--noise-seed", type=int, default=0, help="seed of the noisy copy")
+    parser.add_argument("--random-seed", type=int, default=1, help="seed of the randomly initialised encoder")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the cluster subset")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
+    parser.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward pass")
+    parser.add_argument("--skip-random", action="store_true", help="leave out the random-init encoder")
+    parser.add_argument("--json", type=Path, default=None, help="write the rows here")
+    args = parser.parse_args(argv)
+
+    if not args.data.is_file():
+        print(f"no labelled data at {args.data} (pass --data)", file=sys.stderr)
+        return 2
+    from reformer_retrieval.encode import Encoder
+    from reformer_retrieval.train import augment, pair_metrics
+
+    data = load_labelled(args.data, args.max_clusters, args.max_chars, args.seed)
+    clean = data["texts"]
+    noisy = [
+        augment(t, args.noise_strength, seed=(args.noise_seed, int(r)), preset=args.noise_preset)
+        for t, r in zip(clean, data["rows"])
+    ]
+    sample = range(0, len(clean), max(1, len(clean) // 50))
+    self_jaccard = float(np.mean([_exact_jaccard(clean[i], noisy[i]) for i in sample]))
+    n_clusters = len(np.unique(data["clusters"]))
+    print(
+        f"{args.data}: {len(clean)} documents in {n_clusters} clusters ({data['n_cut']} cut to {args.max_chars} chars); "
+        f"noisy copy: preset {args.noise_preset!r}, strength {args.noise_strength}, seed {args.noise_seed}; "
+        f"word-3-gram Jaccard of a document and its noisy copy: {self_jaccard:.3f} (mean of {len(sample)})"
+    )
+
+    trained = Encoder.load(args.model, device=args.device, batch_tokens=args.batch_tokens)
+    methods: list[tuple[str, Any]] = [("model", trained)]
+    if not args.skip_random:
+        methods.append(("random init", _random_encoder(args.model, args.random_seed, args.device, args.batch_tokens)))
+    rows: list[dict[str, Any]] = []
+    for condition, texts in (("clean", clean), ("noisy", noisy)):
+        t = time.perf_counter()
+        sim, sketches = minhash_similarity(texts)
+        for i, j in [(0, 1), (0, len(texts) - 1), (len(texts) // 2, len(texts) // 3)]:  # vectorised == datasketch
+            assert abs(sim[i, j] - sketches[i].jaccard(sketches[j])) < 1e-6
+        results = [("MinHash (word 3-grams, 128 perm)", sim, time.perf_counter() - t, None)]
+        for name, encoder in methods:
+            t = time.perf_counter()
+            emb = encoder.encode(texts)
+            results.append((f"{name} ({encoder.model_id})", emb @ emb.T, time.perf_counter() - t, encoder.model_id))
+        base = None
+        for name, similarity, seconds, model_id in results:
+            m = pair_metrics(similarity, data["clusters"])
+            base = base or m
+            rows.append({
+                "data": condition, "method": name, "model_id": model_id, "roc_auc": m["roc_auc"],
+                "best_f1": m["best_f1"], "best_threshold": m["best_threshold"], "seconds": round(seconds, 2),
+                "auc_vs_minhash": m["roc_auc"] / base["roc_auc"], "f1_vs_minhash": m["best_f1"] / base["best_f1"],
+                "n_docs": len(texts), "n_pairs": m["n_pairs"], "n_positive_pairs": m["n_positive"],
+            })
+    table = markdown_table(
+        ["data", "method", "ROC-AUC", "best F1", "at threshold", "AUC / MinHash", "F1 / MinHash", "seconds"],
+        [
+            [r["data"], r["method"], f"{r['roc_auc']:.4f}", f"{r['best_f1']:.4f}", f"{r['best_threshold']:.3f}",
+             f"{r['auc_vs_minhash']:.3f}x", f"{r['f1_vs_minhash']:.3f}x",
+             f"{r['seconds']:.1f}"]
+            for r in rows
+        ],
+        align="llrrrrrr",
+    )
+    print(table)
+    print(f"{len(clean)} documents, {rows[0]['n_pairs']:,} pairs ({rows[0]['n_positive_pairs']:,} positive) per condition")
+    if args.json is not None:
+        meta = {"data": str(args.data), "n_docs": len(clean), "n_clusters": int(n_clusters),
+                "max_clusters": args.max_clusters, "max_chars": args.max_chars, "noise_preset": args.noise_preset,
+                "noise_strength": args.noise_strength, "noise_seed": args.noise_seed,
+                "noisy_self_jaccard": self_jaccard}
+        write_json(args.json, {"meta": meta, "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
