@@ -23,6 +23,21 @@ def _register() -> None:
     """Attach every verb module's command to the group (one line per verb group)."""
     # Verb modules are imported here so that `--help` lists them all.
     # (Each issue adds its verbs: encode, index, dedup, search, eval, train.)
+    from reformer_retrieval.cli.encode_cmd import encode
+
+    cli.add_command(encode)
+    from reformer_retrieval.cli.train_cmd import train
+
+    cli.add_command(train)
+    from reformer_retrieval.cli.dedup_cmd import dedup
+    from reformer_retrieval.cli.eval_cmd import eval_group
+    from reformer_retrieval.cli.index_cmd import index
+    from reformer_retrieval.cli.search_cmd import search
+
+    cli.add_command(index)
+    cli.add_command(dedup)
+    cli.add_command(search)
+    cli.add_command(eval_group)
     return None
 
 

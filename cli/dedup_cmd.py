@@ -1,0 +1,110 @@
+"""``reformer-retrieval dedup``: near-duplicate clusters of a corpus (end to end) or of an embeddings file."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+__all__ = ["dedup"]
+
+_EPILOG = """\b
+Examples:
+  reformer-retrieval dedup examples/sample.parquet -o dedup_out/
+  reformer-retrieval dedup corpus.parquet -o out/ --method hybrid --model my_model/
+  reformer-retrieval dedup corpus.parquet -o out/ --method minhash --threshold 0.5
+  reformer-retrieval dedup emb.parquet -o out/ --index hnsw --k 32          # from embeddings
+  reformer-retrieval dedup emb.parquet -o out/ --method hybrid --corpus corpus.parquet
+
+\b
+INPUT is a corpus (id + text columns; encoded with --model, the embeddings kept in
+OUT_DIR/embeddings.parquet) or an embeddings file. Every candidate pair is verified exactly (cosine
+on the vectors, Jaccard on word 2-gram shingles) before clustering. Writes OUT_DIR/clusters.parquet
+(every id, singletons included), OUT_DIR/pairs.parquet and OUT_DIR/summary.json.
+Default thresholds: cosine from the model's training.json "dedup_threshold" (else the library
+default), Jaccard 0.2 on word 2-grams (chosen on the wiki_versions dev set; see the README).
+"""
+
+
+@click.command("dedup", epilog=_EPILOG)
+@click.argument("input_path", metavar="INPUT")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
+              metavar="OUT_DIR", help="Output directory.")
+@click.option("--method", type=click.Choice(["embedding", "minhash", "hybrid"]), default="embedding",
+              show_default=True, help="Candidates from embeddings, MinHash LSH, or both (union).")
+@click.option("--threshold", type=float, default=None,
+              help="Cosine threshold (embedding, hybrid) or Jaccard threshold (minhash) [model / library default].")
+@click.option("--minhash-threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Jaccard threshold of the lexical half of --method hybrid [0.2].")
+@click.option("--index", "index_kind", type=click.Choice(["flat", "hnsw", "ivfpq", "lsh"]), default="flat",
+              show_default=True, help="Embedding candidates: exact range search (flat), LSH, or k-NN (hnsw, ivfpq).")
+@click.option("--k", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Neighbours per document with --index hnsw / ivfpq.")
+@click.option("--keep", type=click.Choice(["longest", "first", "central"]), default="longest", show_default=True,
+              help="Representative of each cluster.")
+@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
+              help="Corpus of the texts when INPUT is an embeddings file (minhash / hybrid / --keep longest).")
+@click.option("--model", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
+              help="Model directory (default: the bundled default model).")
+@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", help="Where to encode.")
+@click.option("--id-column", default="id", show_default=True, help="Id column of the corpus.")
+@click.option("--text-column", default="text", show_default=True, help="Text column of the corpus.")
+@click.option("--num-perm", type=click.IntRange(min=1), default=128, show_default=True, help="MinHash permutations.")
+@click.option("--shingle", type=click.Choice(["word", "char"]), default="word", show_default=True,
+              help="MinHash shingle unit.")
+@click.option("--ngram", type=click.IntRange(min=1), default=2, show_default=True, help="MinHash shingle length.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="FAISS threads [default: all cores].")
+@click.option("--resume", is_flag=True, help="Reuse OUT_DIR/embeddings.parquet (or its parts) from an earlier run.")
+@click.option("--show", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Clusters to print (0: none).")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
+def dedup(input_path: str, output: Path, method: str, threshold: float | None, minhash_threshold: float | None,
+          index_kind: str, k: int, keep: str, corpus: str | None, model: Path | None, device: str, id_column: str,
+          text_column: str, num_perm: int, shingle: str, ngram: int, threads: int | None, resume: bool, show: int,
+          quiet: bool) -> None:
+    """Find near-duplicate clusters in INPUT and write them to OUT_DIR."""
+    from reformer_retrieval.indexes import IndexInputError, set_threads
+
+    from reformer_retrieval.checkpoint import ModelDirectoryError
+    from reformer_retrieval.corpus import CorpusError, read_embeddings_metadata
+    from reformer_retrieval.dedup import dedup_corpus, dedup_embeddings
+
+    options: dict[str, Any] = {
+        "threshold": threshold, "minhash_threshold": minhash_threshold, "index": index_kind, "k": k,
+        "keep": keep, "num_perm": num_perm, "shingle": shingle, "ngram": ngram,
+    }
+    try:
+        set_threads(threads)
+        try:
+            read_embeddings_metadata(input_path)
+            is_embeddings = True
+        except CorpusError:
+            is_embeddings = False
+        if is_embeddings:
+            result = dedup_embeddings(input_path, output, corpus=corpus, id_column=id_column, text_column=text_column,
+                                      method=method, model_dir=model, show_progress=not quiet, **options)
+        else:
+            if corpus is not None:
+                raise click.UsageError("--corpus is for an embeddings INPUT; INPUT is already a corpus")
+            result = dedup_corpus(input_path, output, method=method, model=model, id_column=id_column,
+                                  text_column=text_column, device=device, resume=resume, show_progress=not quiet,
+                                  **options)
+    except click.ClickException:
+        raise
+    except KeyboardInterrupt:
+        click.echo("interrupted; run the same command with --resume to reuse the finished encoding parts", err=True)
+        sys.exit(130)
+    except (CorpusError, ModelDirectoryError, IndexInputError, ValueError, OSError, RuntimeError) as exc:
+        text = str(exc).strip()
+        raise click.ClickException(text.splitlines()[0] if text else type(exc).__name__) from None
+    for line in result.summary_lines():
+        click.echo(line)
+    clusters = sorted(result.clusters(), key=len, reverse=True)
+    if show and clusters:
+        click.echo(f"\nlargest clusters (representative first; {len(clusters):,} in all):")
+        for group in clusters[:show]:
+            head = ", ".join(str(x) for x in group[:6]) + (f", ... (+{len(group) - 6})" if len(group) > 6 else "")
+            click.echo(f"  [{len(group)}] {head}")
+    click.echo(f"\nwrote {output / 'clusters.parquet'}, {output / 'pairs.parquet'}, {output / 'summary.json'}")

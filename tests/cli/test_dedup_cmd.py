@@ -1,0 +1,92 @@
+"""``reformer-retrieval dedup``: end to end from a corpus (tiny model), from embeddings, MinHash."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from click.testing import CliRunner
+from reformer_retrieval.cli.main import cli
+from reformer_retrieval.indexes import set_threads
+
+from reformer_retrieval import ReformerConfig, ReformerEncoder
+from reformer_retrieval.corpus import write_embeddings
+
+TINY = ReformerConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, embedding_dim=16, chunk_size=16, max_len=4096,
+                      axial_pos_shape=(64, 64))
+STORY = ("The quick brown fox jumps over the lazy dog near the river bank in the morning light, while the farmer "
+         "counts his sheep, the baker opens the shop and children walk to school along the old stone bridge.")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before, tb = set_threads(None), torch.get_num_threads()
+    set_threads(1)
+    torch.set_num_threads(1)
+    yield
+    set_threads(before)
+    torch.set_num_threads(tb)
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    path = tmp_path / "corpus.parquet"
+    texts = [STORY, "Quantum chromodynamics describes quarks and gluons.", STORY,
+             STORY.replace("jumps", "jumped"), "Zebras graze on the savanna while lions rest.", ""]
+    pq.write_table(pa.table({"id": [f"doc-{i}" for i in range(6)], "text": texts}), path)
+    return path
+
+
+def test_dedup_corpus_end_to_end(tmp_path, corpus):
+    model = ReformerEncoder(TINY).save_pretrained(tmp_path / "model")
+    out_dir = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["dedup", str(corpus), "-o", str(out_dir), "--model", str(model), "--device", "cpu",
+                                   "--method", "hybrid", "--threshold", "0.9999", "--minhash-threshold", "0.5", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "5 documents -> 3 clusters (1 with duplicates)" in res.output
+    assert "[3] " in res.output and "doc-0" in res.output
+    clusters = pq.read_table(out_dir / "clusters.parquet")
+    assert sorted(clusters.column("id").to_pylist()) == [f"doc-{i}" for i in range(5)]
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["method"] == "hybrid" and summary["skipped_rows"] == 1
+    assert (out_dir / "embeddings.parquet").is_file()
+
+
+def test_dedup_minhash_needs_no_model(tmp_path, corpus):
+    res = CliRunner().invoke(cli, ["dedup", str(corpus), "-o", str(tmp_path / "o"), "--method", "minhash",
+                                   "--threshold", "0.5", "-q", "--show", "0"])
+    assert res.exit_code == 0, res.output
+    assert "jaccard >= 0.5" in res.output and "largest clusters" not in res.output
+    pairs = pq.read_table(tmp_path / "o" / "pairs.parquet")
+    assert set(pairs.column("method").to_pylist()) == {"minhash"}
+    assert pairs.num_rows == 3  # doc-0, doc-2, doc-3: every pair verified
+
+
+def test_dedup_from_embeddings(tmp_path, corpus):
+    x = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    x[3] = x[1]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    emb = tmp_path / "e.parquet"
+    write_embeddings(emb, [f"doc-{i}" for i in range(5)], x, np.arange(5) + 1, np.zeros(5, bool), "cccccccccccc")
+    res = CliRunner().invoke(cli, ["dedup", str(emb), "-o", str(tmp_path / "o"), "--threshold", "0.99",
+                                   "--index", "hnsw", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "[2] doc-3, doc-1" in res.output  # keep longest: doc-3 has more tokens
+    res = CliRunner().invoke(cli, ["dedup", str(emb), "-o", str(tmp_path / "o2"), "--method", "minhash", "-q"])
+    assert res.exit_code == 1 and "--corpus" in res.output
+    res = CliRunner().invoke(cli, ["dedup", str(emb), "-o", str(tmp_path / "o3"), "--method", "hybrid",
+                                   "--corpus", str(corpus), "--threshold", "0.99", "--minhash-threshold", "0.5", "-q"])
+    assert res.exit_code == 0, res.output
+    assert "5 documents -> 2 clusters" in res.output
+
+
+def test_bad_input_one_line_error(tmp_path):
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"ident": ["a"], "text": ["x"]}), bad)
+    res = CliRunner().invoke(cli, ["dedup", str(bad), "-o", str(tmp_path / "o"), "--method", "minhash"])
+    assert res.exit_code == 1 and "Error:" in res.output and "'id'" in res.output
+    assert "Traceback" not in res.output
