@@ -249,7 +249,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
         "tokens_per_s": round(length / timing["seconds"], 1),
         "peak_mb": round(peak, 1),
         "base_mb": round(base, 1),
-        "seconds": round(timing["seconds"], 4),
+        "seconds": float(f"{timing['seconds']:.6g}"),
         "cpu_seconds": round(timing["cpu_seconds"], 4),
         "warmup_s": round(timing["warmup_s"], 4),
         "n_timed": timing["n_timed"],

@@ -126,7 +126,7 @@ _CHILD = textwrap.dedent(
     from reformer_retrieval.cli.main import cli
     original = Encoder._launch
     def slow(self, segments):  # throttled so that the parent can interrupt it part-way
-        time.sleep(0.2)
+        time.sleep(0.5)
         return original(self, segments)
     Encoder._launch = slow
     cli.main(sys.argv[1:], prog_name="reformer-retrieval")
@@ -151,8 +151,9 @@ def test_ctrl_c_leaves_a_resumable_state(tmp_path, tiny_dir):
                              "--part-docs", "3"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     parts = parts_dir_for(dst)
     deadline = time.time() + 120
-    while time.time() < deadline and not (parts / "part-00002.skipped.parquet").exists():
+    while time.time() < deadline and not (parts / "part-00001.parquet").exists():
         time.sleep(0.01)
+    assert proc.poll() is None, "the encode finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, (out, err)
