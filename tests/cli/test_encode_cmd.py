@@ -121,7 +121,10 @@ def test_missing_model_and_bad_device(tmp_path, corpus):
 
 _CHILD = textwrap.dedent(
     """
-    import sys, time
+    import signal, sys, time
+    # A shell started in the background ignores SIGINT and its children inherit that; a terminal user's
+    # process gets Python's KeyboardInterrupt handler, which is what this test simulates.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     from reformer_retrieval.encode import Encoder
     from reformer_retrieval.cli.main import cli
     original = Encoder._launch
