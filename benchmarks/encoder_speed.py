@@ -22,6 +22,10 @@ Examples::
 
 The extra measurement of the issue (training step, 12 layers, 16K tokens: reversible vs
 ``reversible=False`` peak memory) runs by default on full runs (``--no-rev-check`` to skip it).
+
+On a shared machine, prefer ``--threads 1``: with two OpenMP threads and other processes on the cores,
+every parallel op waits for a descheduled thread, which inflates wall time several-fold and favours
+implementations with fewer, larger ops. Rows also carry ``cpu_seconds`` and the machine's ``load_avg``.
 """
 
 from __future__ import annotations
@@ -576,7 +580,11 @@ def main(argv: list[str] | None = None) -> int:
             else "peak RSS of the measurement's own process (torch runtime + weights + workload)."
         )
     )
-    print(header + "\n\n" + report)
+    loads = [r["load_avg"] for r in rows if r.get("load_avg") is not None]
+    header += f" Torch threads: {args.threads or 'torch default'}"
+    if loads:
+        header += f"; 1-minute load average of the machine during the measurements: {min(loads):.1f}-{max(loads):.1f}"
+    print(header + ".\n\n" + report)
     if args.json is not None:
         meta = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "child"}
         write_json(args.json, {"meta": meta, "rows": rows, "checks": checks})

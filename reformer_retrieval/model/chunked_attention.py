@@ -29,6 +29,7 @@ __all__ = [
     "MASK_SELF",
     "PermuteRows",
     "chunked_attention",
+    "chunked_attention_combined",
     "combine_rounds",
     "full_attention",
     "inverse_permutation",
@@ -229,6 +230,63 @@ def full_attention(
     return out
 
 
+def _slot_attention(
+    q: torch.Tensor,
+    keys: list[torch.Tensor],
+    values: list[torch.Tensor],
+    ok: list[torch.Tensor],
+    self_slot: int,
+    dropout: float,
+    training: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Masked attention of (M, c, d) query chunks over their window slots (keys[s], values[s]: (M, c, d);
+    ok[s]: (M, c) bool, False for masked keys); the query's own key is the diagonal of slot ``self_slot``."""
+    scores = []
+    for slot, (k, slot_ok) in enumerate(zip(keys, ok)):
+        logits = _scores(q, k)  # (M, c, c)
+        if not bool(slot_ok.all()):
+            bias = torch.zeros(slot_ok.shape, dtype=logits.dtype, device=q.device).masked_fill_(~slot_ok, MASK_PAD)
+            logits = logits + bias.unsqueeze(1)
+        if slot == self_slot:
+            logits.diagonal(dim1=-2, dim2=-1).fill_(MASK_SELF)
+        scores.append(logits)
+    return _attend_slots(scores, values, dropout, training)
+
+
+def _fused_ok(qk: torch.Tensor, v: torch.Tensor, dropout: float, training: bool) -> bool:
+    """Whether the fused CPU kernel may run: no autograd, no dropout, a CPU float type it supports."""
+    grad = torch.is_grad_enabled() and (qk.requires_grad or v.requires_grad)
+    return (
+        not grad
+        and not (dropout > 0.0 and training)
+        and qk.device.type == "cpu"
+        and qk.dtype in (torch.float32, torch.bfloat16, torch.float64)
+        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu")
+    )
+
+
+def _fused_windows(
+    q_rng: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, M: int, n_slots: int, self_slot: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention of the M query chunks ``q_rng`` over their windows ``kp[t : t + n_slots]`` with PyTorch's
+    fused CPU attention kernel: the windows are zero-copy overlapping views of the padded layout and no score
+    tensor is materialised. The self key gets the additive bias ``MASK_SELF`` (exp() of it is 0 next to any
+    other key); windows with masked keys must be redone by the caller.
+
+    Returns ((M, c, d), (M, c) logsumexp, float32 or wider).
+    """
+    c, d = q_rng.shape[1:]
+    width = n_slots * c
+    kw = kp.as_strided((1, M, width, d), (0, c * d, d, 1), kp.storage_offset())
+    vw = vp.as_strided((1, M, width, d), (0, c * d, d, 1), vp.storage_offset())
+    bias = q_rng.new_zeros(c, width)
+    bias[:, self_slot * c : (self_slot + 1) * c].fill_diagonal_(MASK_SELF)
+    out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
+        q_rng.unsqueeze(0), kw, vw, 0.0, False, attn_mask=bias[None, None], scale=1.0
+    )
+    return out[0], lse[0].to(torch.promote_types(q_rng.dtype, torch.float32))
+
+
 class _SortRows(torch.autograd.Function):
     """``out[j] = x[rows[j], perm[j]]``: rows of ``x`` (N, L, d) sorted by a permutation, several rounds per
     row. The gradient gathers by the inverse permutation and sums the rounds of each row (no scatter over
@@ -282,7 +340,6 @@ def chunked_attention(
     nc = L // chunk
     T = before + nc + after  # chunks per row in the padded layout
     n_slots = before + 1 + after
-    k = F.normalize(qk, dim=-1, eps=1e-6)
     flat_perm = perm.reshape(N * R, L)
     item_row = torch.arange(N * R, device=qk.device) // R
     step = max(1, budget // max(1, L * n_slots * chunk))
@@ -302,7 +359,8 @@ def chunked_attention(
         # Every chunk's window is `n_slots` consecutive chunks of the padded layout, so the scores of slot s
         # are one batched product of two contiguous ranges of it (no window is ever copied). The range covers
         # M = n*T - before - after query chunks; the few that straddle two rows are junk and dropped at the end.
-        qp, kp, vp = padded(qk), padded(k), padded(v)
+        qp, vp = padded(qk), padded(v)
+        kp = F.normalize(qp, dim=-1, eps=1e-6)  # row-wise: the same as sorting and padding normalised keys
         M = n * T - before - after
         q_rng = qp[before : before + M]
         valid_p = _pad_chunks(
@@ -311,25 +369,64 @@ def chunked_attention(
         slot_ok = torch.zeros((n, T, n_slots), dtype=torch.bool, device=qk.device)
         slot_ok[:, before : before + nc] = window_slot_chunks(nc, nrc, before, after, wrap) >= 0
         slot_ok = slot_ok.view(n * T, n_slots)[before : before + M]
-        scores = []
-        for slot in range(n_slots):
-            lo = slot  # keys of slot s for query chunk t (padded index t + before) sit at padded index t + s
-            logits = _scores(q_rng, kp[lo : lo + M])  # (M, c, c)
-            ok = valid_p[lo : lo + M] & slot_ok[:, slot : slot + 1]
-            bias = torch.zeros(ok.shape, dtype=logits.dtype, device=ok.device).masked_fill_(~ok, MASK_PAD)
-            logits = logits + bias.unsqueeze(1)
-            if slot == before:
-                logits.diagonal(dim1=-2, dim2=-1).fill_(MASK_SELF)
-            scores.append(logits)
-        out_rng, lse_rng = _attend_slots(scores, [vp[s : s + M] for s in range(n_slots)], dropout, training)
-        # Back to (n, nc, c, ...) rows: pad the range to n*T chunks and keep each row's real chunk positions.
-        out = F.pad(out_rng, (0, 0, 0, 0, before, after)).view(n, T, chunk, d)[:, before : before + nc]
-        lse = F.pad(lse_rng, (0, 0, before, after)).view(n, T, chunk)[:, before : before + nc]
-        outs.append(PermuteRows.apply(out.reshape(n, L, d), inv, p))
-        lses.append(PermuteRows.apply(lse.reshape(n, L), inv, p))
-    out = torch.cat(outs, 0).view(N, R, L, d)
-    lse = torch.cat(lses, 0).view(N, R, L)
-    return out, lse
+        # keys of slot s for query chunk t (padded index t + before) sit at padded index t + s
+        ok = [valid_p[s : s + M] & slot_ok[:, s : s + 1] for s in range(n_slots)]  # (M, c) each
+        if _fused_ok(qk, v, dropout, training):
+            out_rng, lse_rng = _fused_windows(q_rng, kp, vp, M, n_slots, before)
+            # windows holding a masked key (padding, a repeated or an empty slot) are redone exactly below
+            bad = (~torch.stack(ok, dim=1).flatten(1).all(dim=1)).nonzero().squeeze(1)
+            if bad.numel():
+                o, s_ = _slot_attention(
+                    q_rng[bad], [kp[bad + s] for s in range(n_slots)], [vp[bad + s] for s in range(n_slots)],
+                    [x[bad] for x in ok], before, 0.0, False,
+                )
+                out_rng[bad] = o
+                lse_rng[bad] = s_
+        else:
+            out_rng, lse_rng = _slot_attention(
+                q_rng, [kp[s : s + M] for s in range(n_slots)], [vp[s : s + M] for s in range(n_slots)], ok,
+                before, dropout, training,
+            )
+        # Back to original order with one row gather: item j's sorted position i is row j*T*c + i of the range
+        # (query chunk t of the range is chunk t + before of the padded layout).
+        idx = (inv + (torch.arange(n, device=qk.device) * (T * chunk)).unsqueeze(1)).reshape(-1)
+        outs.append(out_rng.reshape(M * chunk, d).index_select(0, idx).view(n, L, d))
+        lses.append(lse_rng.reshape(M * chunk).index_select(0, idx).view(n, L))
+    if len(outs) == 1:
+        return outs[0].view(N, R, L, d), lses[0].view(N, R, L)
+    return torch.cat(outs, 0).view(N, R, L, d), torch.cat(lses, 0).view(N, R, L)
+
+
+def chunked_attention_combined(
+    qk: torch.Tensor,
+    v: torch.Tensor,
+    perm: torch.Tensor,
+    key_valid: torch.Tensor,
+    n_real_chunks: torch.Tensor,
+    chunk: int,
+    before: int,
+    after: int,
+    wrap: bool,
+    dropout: float = 0.0,
+    training: bool = False,
+    budget: int = 1 << 24,
+) -> torch.Tensor:
+    """`chunked_attention` then `combine_rounds`, a group of rows at a time: per-round outputs are held for
+    one group only (``R * L * d`` floats per row instead of ``N * R * L * d``). Returns (N, L, d)."""
+    N, L, _ = qk.shape
+    R = perm.shape[1]
+    width = (before + 1 + after) * chunk
+    group = max(1, budget // max(1, R * L * width))
+    outs = [
+        combine_rounds(
+            *chunked_attention(
+                qk[i : i + group], v[i : i + group], perm[i : i + group], key_valid[i : i + group],
+                n_real_chunks[i : i + group], chunk, before, after, wrap, dropout, training, budget,
+            )
+        )
+        for i in range(0, N, group)
+    ]
+    return outs[0] if len(outs) == 1 else torch.cat(outs, 0)
 
 
 def combine_rounds(out: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reformer_retrieval.config import ReformerConfig
-from reformer_retrieval.model.chunked_attention import chunked_attention, combine_rounds, full_attention
+from reformer_retrieval.model.chunked_attention import chunked_attention_combined, full_attention
 
 __all__ = [
     "PAD_BUCKET",
@@ -114,26 +114,41 @@ def hash_buckets(
         (B, H, n_rounds, L) long tensor of bucket ids.
     """
     B, H, L, _ = qk.shape
-    out = torch.full((B, H, n_rounds, L), PAD_BUCKET, dtype=torch.long, device=qk.device)
     groups: dict[tuple[int, ...], list[int]] = {}
     for b, f in enumerate(factors):
         groups.setdefault(f, []).append(b)
+    out: torch.Tensor | None = None
     for f, members in groups.items():
         idx = torch.tensor(members, device=qk.device)
         width = sum(x // 2 for x in f)
-        x = qk.index_select(0, idx).float()
-        for h in range(H):
-            rot = rotations[h, :n_rounds, :, :width].float()  # (R, d, w)
-            rotated = torch.einsum("bld,rdw->brlw", x[:, h], rot)
-            bucket = torch.zeros(rotated.shape[:-1], dtype=torch.long, device=qk.device)
+        x = qk.index_select(0, idx) if len(groups) > 1 else qk
+        rot = rotations[:, :n_rounds, :, :width].float()  # (H, R, d, w)
+        rot = rot.permute(0, 2, 1, 3).reshape(H, rot.shape[2], n_rounds * width)  # (H, d, R * w)
+        per_head = []
+        for h in range(H):  # one (b * L, d) x (d, R * w) GEMM per head; w innermost for the reductions
+            rotated = torch.matmul(x[:, h].float(), rot[h]).view(x.shape[0], L, n_rounds, width)
+            bucket: torch.Tensor | None = None
             offset, scale = 0, 1
             for n_b in f:
                 part = rotated[..., offset : offset + n_b // 2]
-                bucket = bucket + scale * torch.argmax(torch.cat([part, -part], dim=-1), dim=-1)
+                # argmax over [part, -part] without building it: the first maximum, ties going to ``part``
+                top, top_i = part.max(dim=-1)
+                low, low_i = part.min(dim=-1)
+                arg = torch.where(top >= -low, top_i, low_i + n_b // 2)
+                bucket = arg * scale if bucket is None else bucket.add_(arg, alpha=scale)
                 offset += n_b // 2
                 scale *= n_b
-            valid = key_valid.index_select(0, idx)[:, None, :]
-            out[idx, h] = torch.where(valid, bucket, torch.full_like(bucket, PAD_BUCKET))
+            assert bucket is not None
+            per_head.append(bucket.transpose(1, 2))  # (b, R, L)
+        bucket = torch.stack(per_head, dim=1)  # (b, H, R, L)
+        valid = key_valid.index_select(0, idx)[:, None, None, :]
+        bucket = bucket.masked_fill(~valid, PAD_BUCKET)
+        if len(groups) == 1:
+            return bucket
+        if out is None:
+            out = torch.full((B, H, n_rounds, L), PAD_BUCKET, dtype=torch.long, device=qk.device)
+        out[idx] = bucket
+    assert out is not None
     return out
 
 
@@ -232,7 +247,7 @@ class LSHSelfAttention(nn.Module):
                 perm = torch.arange(L, device=x.device).expand(B * H, 1, L)
             valid = info.key_valid.repeat_interleave(H, dim=0)
             nrc = self._n_real_chunks(info).repeat_interleave(H, dim=0)
-            outs, lse = chunked_attention(
+            out = chunked_attention_combined(
                 qk.reshape(B * H, L, d),
                 v.reshape(B * H, L, d),
                 perm,
@@ -245,8 +260,7 @@ class LSHSelfAttention(nn.Module):
                 dropout=self.attention_dropout,
                 training=self.training,
                 budget=self.budget,
-            )
-            out = combine_rounds(outs, lse).view(B, H, L, d)
+            ).view(B, H, L, d)
         out = out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim)
         out = F.dropout(self.dense(out), self.dropout, self.training)
         return out, buckets
