@@ -158,34 +158,14 @@ def look_around(x: torch.Tensor, n_real_chunks: torch.Tensor, before: int, after
     return flat.unfold(1, width, c).movedim(-1, 2)
 
 
-def _attend(
-    logits: torch.Tensor, v: torch.Tensor, dropout: float, training: bool
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax over the last axis of masked ``logits`` (float32 or wider) applied to ``v``.
-
-    Returns ``(output, logsumexp)``. The normalisation is applied to the output rather than to the
-    probabilities (one pass fewer over the scores); with gradients off the scores are exponentiated in place.
-    """
-    if logits.requires_grad:
-        m = logits.detach().amax(dim=-1, keepdim=True)
-        e = torch.exp(logits - m)
-    else:
-        m = logits.amax(dim=-1, keepdim=True)
-        e = logits.sub_(m).exp_()
-    s = e.sum(dim=-1, keepdim=True)
-    lse = (m + torch.log(s)).squeeze(-1)
-    if dropout > 0.0 and training:
-        e = F.dropout(e, dropout, training=True)
-    out = torch.matmul(e.to(v.dtype), v)
-    return out / s.to(out.dtype), lse
-
-
 def _attend_slots(
     scores: list[torch.Tensor], values: list[torch.Tensor], dropout: float, training: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Softmax over the keys of several slots at once (scores[s]: (M, c, c_s), values[s]: (M, c_s, d)).
 
-    Same math as `_attend` over the concatenated slots, without concatenating them.
+    Same math as one softmax over the concatenated slots, without concatenating them. The normalisation is
+    applied to the output rather than to the probabilities (one pass fewer over the scores); with gradients
+    off the scores are exponentiated in place.
     """
     grad = any(x.requires_grad for x in scores)
     m = torch.stack([x.detach().amax(dim=-1) for x in scores]).amax(dim=0).unsqueeze(-1)
@@ -226,7 +206,7 @@ def full_attention(
     bias = torch.zeros(key_valid.shape, dtype=logits.dtype, device=qk.device)
     logits = logits + bias.masked_fill_(~key_valid, MASK_PAD)[:, None, None, :]
     logits.diagonal(dim1=-2, dim2=-1).fill_(MASK_SELF)
-    out, _ = _attend(logits, v, dropout, training)
+    out, _ = _attend_slots([logits], [v], dropout, training)
     return out
 
 
