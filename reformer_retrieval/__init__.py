@@ -1,13 +1,42 @@
-"""reformer-retrieval: near-duplicate detection and search over long documents with a Reformer encoder."""
+"""reformer-retrieval: near-duplicate detection and search over long documents with a Reformer encoder.
+
+The public names below are imported on first use (PEP 562), so ``import reformer_retrieval`` and the CLI's
+``--help`` do not pay for torch or scikit-learn until something needs them.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from reformer_retrieval.config import ReformerConfig
-from reformer_retrieval.encode import Encoder
-from reformer_retrieval.model.encoder import ReformerEncoder
-from reformer_retrieval.tokenizer import ByteTokenizer
-from reformer_retrieval.vectorizer import ReformerVectorizer
+_LAZY = {
+    "ByteTokenizer": "reformer_retrieval.tokenizer",
+    "Encoder": "reformer_retrieval.encode",
+    "ReformerConfig": "reformer_retrieval.config",
+    "ReformerEncoder": "reformer_retrieval.model.encoder",
+    "ReformerVectorizer": "reformer_retrieval.vectorizer",
+}
 
 __all__ = ["ByteTokenizer", "Encoder", "ReformerConfig", "ReformerEncoder", "ReformerVectorizer", "__version__"]
+
+if TYPE_CHECKING:
+    from reformer_retrieval.config import ReformerConfig
+    from reformer_retrieval.encode import Encoder
+    from reformer_retrieval.model.encoder import ReformerEncoder
+    from reformer_retrieval.tokenizer import ByteTokenizer
+    from reformer_retrieval.vectorizer import ReformerVectorizer
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'reformer_retrieval' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

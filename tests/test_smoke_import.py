@@ -6,3 +6,24 @@ import reformer_retrieval
 def test_public_api_names():
     for name in reformer_retrieval.__all__:
         assert hasattr(reformer_retrieval, name), name
+
+
+def test_unknown_name_is_an_attribute_error():
+    import pytest
+
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        reformer_retrieval.Nope  # noqa: B018
+
+
+def test_import_and_cli_help_do_not_load_torch_or_sklearn():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, reformer_retrieval\n"
+        "from reformer_retrieval.cli.main import cli\n"
+        "assert 'torch' not in sys.modules and 'sklearn' not in sys.modules, "
+        "[m for m in ('torch', 'sklearn') if m in sys.modules]\n"
+        "assert 'ReformerEncoder' in dir(reformer_retrieval)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
