@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from reformer_retrieval.indexes import set_threads
 
-from reformer_retrieval import ReformerConfig, ReformerEncoder
+from reformer_retrieval import ReformerEncoder
 from reformer_retrieval.dedup import (
     DEFAULT_EMBEDDING_THRESHOLD,
     DEFAULT_MINHASH_THRESHOLD,
@@ -20,9 +20,6 @@ from reformer_retrieval.dedup import (
     find_duplicates,
     union_find,
 )
-
-TINY = ReformerConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, embedding_dim=16, chunk_size=16, max_len=4096,
-                      axial_pos_shape=(64, 64))
 
 
 @pytest.fixture(autouse=True)
@@ -198,9 +195,8 @@ TEXTS = [
 ]
 
 
-def test_dedup_corpus_end_to_end_with_tiny_model(tmp_path):
-    model_dir = tmp_path / "m"
-    ReformerEncoder(TINY).save_pretrained(model_dir)
+def test_dedup_corpus_end_to_end_with_tiny_model(tmp_path, tiny_dir):
+    model_dir = tiny_dir
     corpus = _corpus(tmp_path / "c.parquet", [*TEXTS, None], [f"doc-{i}" for i in range(7)])
     res = dedup_corpus(corpus, tmp_path / "out", method="hybrid", model=model_dir, device="cpu", threshold=0.9999,
                        minhash_threshold=0.5, show_progress=False)

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from reformer_retrieval import Encoder, ReformerConfig, ReformerEncoder
+from reformer_retrieval import Encoder, ReformerEncoder
 from reformer_retrieval.corpus import CorpusError, read_embeddings, read_skipped
 from reformer_retrieval.encode import (
     DEFAULT_MODEL_DIR,
@@ -30,24 +30,7 @@ from reformer_retrieval.encode import (
     resolve_dtype,
 )
 
-TINY = ReformerConfig(
-    d_model=32, n_layers=2, n_heads=2, d_ff=64, embedding_dim=16, chunk_size=16, max_len=4096, axial_pos_shape=(64, 64)
-)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # tiny models run much faster single-threaded, above all on a busy 2-core machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    return ReformerEncoder(TINY).save_pretrained(tmp_path_factory.mktemp("tiny") / "model")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

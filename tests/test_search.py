@@ -10,12 +10,9 @@ import pytest
 import torch
 from reformer_retrieval.indexes import IndexMismatchError, MinHashIndex, build_index, set_threads
 
-from reformer_retrieval import ReformerConfig, ReformerEncoder
 from reformer_retrieval.encode import Encoder
 from reformer_retrieval.search import Searcher, format_hits, hits_to_dict, read_queries, write_hits
 
-TINY = ReformerConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, embedding_dim=16, chunk_size=16, max_len=4096,
-                      axial_pos_shape=(64, 64))
 TEXTS = ["a story about a fox and a dog", "quantum chromodynamics and gluons", "zebras on the savanna",
          "invoice numbers for the second quarter", "a story about a fox and a cat"]
 
@@ -31,10 +28,8 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
-    torch.manual_seed(0)
-    path = ReformerEncoder(TINY).save_pretrained(tmp_path_factory.mktemp("m") / "model")
-    return Encoder.load(path, device="cpu")
+def encoder(tiny_dir):
+    return Encoder.load(tiny_dir, device="cpu")
 
 
 def test_text_and_id_queries(encoder, tmp_path):

@@ -6,30 +6,13 @@ import pickle
 
 import numpy as np
 import pytest
-import torch
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 
-from reformer_retrieval import Encoder, ReformerConfig, ReformerEncoder, ReformerVectorizer
+from reformer_retrieval import Encoder, ReformerVectorizer
 
-TINY = ReformerConfig(
-    d_model=32, n_layers=2, n_heads=2, d_ff=64, embedding_dim=16, chunk_size=16, max_len=4096, axial_pos_shape=(64, 64)
-)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    return ReformerEncoder(TINY).save_pretrained(tmp_path_factory.mktemp("tiny") / "model")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _two_kinds(n: int, seed: int) -> tuple[list[str], list[int]]:

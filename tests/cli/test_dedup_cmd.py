@@ -13,11 +13,8 @@ from click.testing import CliRunner
 from reformer_retrieval.cli.main import cli
 from reformer_retrieval.indexes import set_threads
 
-from reformer_retrieval import ReformerConfig, ReformerEncoder
 from reformer_retrieval.corpus import write_embeddings
 
-TINY = ReformerConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, embedding_dim=16, chunk_size=16, max_len=4096,
-                      axial_pos_shape=(64, 64))
 STORY = ("The quick brown fox jumps over the lazy dog near the river bank in the morning light, while the farmer "
          "counts his sheep, the baker opens the shop and children walk to school along the old stone bridge.")
 
@@ -41,8 +38,8 @@ def corpus(tmp_path):
     return path
 
 
-def test_dedup_corpus_end_to_end(tmp_path, corpus):
-    model = ReformerEncoder(TINY).save_pretrained(tmp_path / "model")
+def test_dedup_corpus_end_to_end(tmp_path, corpus, tiny_dir):
+    model = tiny_dir
     out_dir = tmp_path / "out"
     res = CliRunner().invoke(cli, ["dedup", str(corpus), "-o", str(out_dir), "--model", str(model), "--device", "cpu",
                                    "--method", "hybrid", "--threshold", "0.9999", "--minhash-threshold", "0.5", "-q"])

@@ -17,27 +17,10 @@ import torch
 from click.testing import CliRunner
 from reformer_retrieval.cli.main import cli
 
-from reformer_retrieval import ReformerConfig, ReformerEncoder
 from reformer_retrieval.corpus import read_embeddings, read_skipped
 from reformer_retrieval.encode import Encoder, parts_dir_for
 
-TINY = ReformerConfig(
-    d_model=32, n_layers=2, n_heads=2, d_ff=64, embedding_dim=16, chunk_size=16, max_len=4096, axial_pos_shape=(64, 64)
-)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    return ReformerEncoder(TINY).save_pretrained(tmp_path_factory.mktemp("tiny") / "model")
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

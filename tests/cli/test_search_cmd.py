@@ -12,11 +12,8 @@ from click.testing import CliRunner
 from reformer_retrieval.cli.main import cli
 from reformer_retrieval.indexes import build_index, set_threads
 
-from reformer_retrieval import ReformerConfig, ReformerEncoder
 from reformer_retrieval.encode import Encoder
 
-TINY = ReformerConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, embedding_dim=16, chunk_size=16, max_len=4096,
-                      axial_pos_shape=(64, 64))
 TEXTS = ["a story about a fox and a dog", "quantum chromodynamics and gluons", "zebras on the savanna",
          "invoice numbers for the second quarter"]
 
@@ -32,10 +29,9 @@ def _one_thread():
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    torch.manual_seed(0)
+def setup(tmp_path_factory, tiny_dir):
     root = tmp_path_factory.mktemp("s")
-    model = ReformerEncoder(TINY).save_pretrained(root / "model")
+    model = tiny_dir
     enc = Encoder.load(model, device="cpu")
     build_index("hnsw", enc.encode(TEXTS), [f"d{i}" for i in range(4)], model_id=enc.model_id).save(root / "idx")
     return root, model
