@@ -63,10 +63,9 @@ METHODS = ("embedding", "minhash", "hybrid")
 KEEP_POLICIES = ("longest", "first", "central")
 
 #: Cosine threshold of ``method="embedding"`` when neither the caller nor the model's training.json gives
-#: one. A placeholder until the trained default model lands: the bundled weights are random, so no value
-#: can be justified for them. After training, run ``benchmarks/dedup_quality.py`` on
-#: ../shared/data/dev/wiki_versions and set the best-F1 cosine as training.json["dedup_threshold"] of the
-#: model (read by `default_threshold`; it overrides this constant) or here.
+#: one (a model trained by someone else). Thresholds are a property of a model, so each trained model
+#: ships its own as training.json["dedup_threshold"] (read by `default_threshold`): the bundled default's
+#: is its best pairwise-F1 cosine on ../shared/data/dev/wiki_versions (benchmarks/model_quality.py).
 DEFAULT_EMBEDDING_THRESHOLD = 0.95
 
 #: MinHash defaults of ``method="minhash"`` and of the lexical half of ``"hybrid"``: Jaccard >= 0.2 on
