@@ -15,7 +15,7 @@ def test_unknown_name_is_an_attribute_error():
         reformer_retrieval.Nope  # noqa: B018
 
 
-def test_import_and_cli_help_do_not_load_torch_or_sklearn():
+def test_import_and_cli_help_do_not_load_torch_or_sklearn(tmp_path):
     import subprocess
     import sys
 
@@ -26,4 +26,5 @@ def test_import_and_cli_help_do_not_load_torch_or_sklearn():
         "[m for m in ('torch', 'sklearn') if m in sys.modules]\n"
         "assert 'ReformerEncoder' in dir(reformer_retrieval)\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    # run outside the checkout, so the installed package is imported (not the source tree beside the tests)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp_path)
