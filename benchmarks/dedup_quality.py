@@ -207,9 +207,9 @@ def main(argv: list[str] | None = None) -> int:
             results[method]["encode_s"] = encode_s
 
     anchor = results.get("datasketch", {}).get("seconds")
-    defaults = {"minhash": DEFAULT_MINHASH_THRESHOLD, "datasketch": None,
-                "embedding": default_threshold("embedding", args.model),
-                "hybrid": default_threshold("embedding", args.model)}
+    emb_default = default_threshold("embedding", args.model)  # reads the model's training.json once
+    defaults = {"minhash": DEFAULT_MINHASH_THRESHOLD, "datasketch": None, "embedding": emb_default,
+                "hybrid": emb_default}
     rows, table_rows = [], []
     for method in [m for m in ALL_METHODS if m in sweeps]:
         best = max(sweeps[method], key=lambda r: r.f1)

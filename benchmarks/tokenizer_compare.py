@@ -104,12 +104,11 @@ def main(argv: list[str] | None = None) -> int:
 
     rows: list[dict[str, Any]] = []
     encoded = {name: (fn(clean), fn(noisy)) for name, fn in (("bytes", encode_bytes), ("bpe", encode_bpe))}
-    bpe_bytes_per_token = sum(len(t.encode("utf-8")) for t in clean) / sum(len(x) for x in encoded["bpe"][0])
-    span = max(1, round(4 * bpe_bytes_per_token))
+    # the byte encodings' lengths are the byte counts
+    n_bytes_c, n_bytes_n = (sum(len(x) for x in side) for side in encoded["bytes"])
+    span = max(1, round(4 * n_bytes_c / sum(len(x) for x in encoded["bpe"][0])))
     for name, key, gram in (("bytes", "bytes", span), (f"BPE {args.vocab}", "bpe", 4)):
         c, n = encoded[key]
-        n_bytes_c = sum(len(t.encode("utf-8")) for t in clean)
-        n_bytes_n = sum(len(t.encode("utf-8")) for t in noisy)
         rows.append(
             {
                 "tokenizer": name,

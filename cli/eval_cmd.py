@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
-import numpy as np
+
+if TYPE_CHECKING:  # numpy is only named in annotations: keep it off the CLI's start-up
+    import numpy as np
 
 __all__ = ["eval_group"]
 
@@ -233,7 +235,7 @@ def eval_search(queries: Path, qrels: Path, index_dir: Path | None, results: Pat
             assert index_dir is not None
             searcher = Searcher.open(index_dir, model=model, device=device)
             table = searcher.search_texts(texts, max(cutoffs), query_ids=qids,
-                                          exclude=own if own is not None else None)
+                                          exclude=own)
             hits = hits_to_dict(table)
         metrics = search_metrics(hits, judged, ks=cutoffs, exclude=exclude)
     except _errors() as exc:

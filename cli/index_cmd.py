@@ -171,7 +171,7 @@ def add(index_dir: Path, input_path: str, id_column: str, text_column: str, thre
         quiet: bool) -> None:
     """Add the entries of INPUT (embeddings, or a corpus for MinHash) to INDEX_DIR."""
     from reformer_retrieval.indexes import MinHashIndex, open_index, set_threads
-    from reformer_retrieval.indexes.store import check_compatible, read_manifest
+    from reformer_retrieval.indexes.store import check_compatible
 
     from reformer_retrieval.corpus import read_embeddings
 
@@ -184,7 +184,7 @@ def add(index_dir: Path, input_path: str, id_column: str, text_column: str, thre
             idx.add(texts, ids, show_progress=not quiet)
         else:
             table = read_embeddings(input_path)
-            check_compatible(read_manifest(index_dir, verify=False), index_dir, table.model_id, table.dim)
+            check_compatible({"model_id": idx.model_id, "dim": idx.dim}, index_dir, table.model_id, table.dim)
             idx.add(table.vectors, table.ids)
         idx.save(index_dir, overwrite=True)
     except _errors() as exc:

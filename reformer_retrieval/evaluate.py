@@ -342,7 +342,8 @@ def sweep_dedup(
             m = dedup_metrics(res.cluster_id, truth)
             m.threshold = t
             rows.append(m)
-            first = first or res
+            if first is None:
+                first = res
         return rows, first
     result = find_duplicates(ids, vectors=vectors, texts=texts, method=method, threshold=low,
                              minhash_threshold=minhash_threshold, **kwargs)
