@@ -144,9 +144,16 @@ class IdMap:
             rows.append(row)
         return np.asarray(rows, dtype=np.int64)
 
-    def remove(self, ids: Iterable[Any]) -> np.ndarray:
-        """Forget ``ids`` (all must exist); returns their rows."""
+    def removable_rows(self, ids: Iterable[Any]) -> np.ndarray:
+        """Rows of ``ids`` to remove: every id must exist and appear once (checked before anything changes)."""
         rows = self.rows_of(ids)
+        if len(set(rows.tolist())) != len(rows):
+            raise IndexInputError("an id is listed twice in the removal")
+        return rows
+
+    def remove(self, ids: Iterable[Any]) -> np.ndarray:
+        """Forget ``ids`` (all must exist, each once); returns their rows."""
+        rows = self.removable_rows(ids)
         for row in rows.tolist():
             value = self._row_to_id[row]
             self._row_to_id[row] = None
@@ -357,9 +364,7 @@ class VectorIndex(abc.ABC):
         ids = list(ids)
         if not ids:
             return 0
-        rows = self.idmap.rows_of(ids)
-        if len(set(rows.tolist())) != len(rows):
-            raise IndexInputError("an id is listed twice in the removal")
+        rows = self.idmap.removable_rows(ids)  # validated before the backend changes
         self._remove(rows)
         self.idmap.remove(ids)
         return len(rows)

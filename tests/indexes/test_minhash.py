@@ -164,3 +164,14 @@ def test_explicit_banding_and_bad_settings():
         MinHashIndex(bands=4)
     with pytest.raises(IndexInputError, match="threshold"):
         MinHashIndex(threshold=1.5)
+
+
+def test_remove_with_a_repeated_id_is_refused_and_changes_nothing():
+    index = MinHashIndex(threshold=0.5, num_perm=64)
+    texts = ["the quick brown fox jumps over the lazy dog", "a completely different sentence about gluons"]
+    index.add(texts, ["a", "b"])
+    with pytest.raises(IndexInputError, match="listed twice"):
+        index.remove(["a", "a"])
+    assert index.count == 2 and sorted(index.ids) == ["a", "b"]
+    assert index.search([texts[0]], k=1).ids[0] == ["a"]
+    assert index.remove(["a"]) == 1 and index.ids == ["b"]
