@@ -5,7 +5,8 @@
 ``X1 = Y1 - F(X2)``, and re-runs each half with gradients. The recomputation reuses the forward's LSH buckets
 and replays dropout by restoring the random state captured before each half (inside ``fork_rng``, so the
 caller's random state is untouched). The parameters are inputs of the Function, so they get gradients even
-when the stack's input does not require grad.
+when the stack's input does not require grad. The recomputation runs under the forward's autocast state
+(bfloat16 training on GPU), so it reproduces the forward's numbers and speed rather than redoing it in fp32.
 """
 
 from __future__ import annotations
@@ -84,9 +85,15 @@ class _LayerRecord:
     rng_g: _RngState | None
 
 
+def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
+    """Whether autocast is on for ``device_type``, and its dtype."""
+    return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
+
+
 class _ReversibleFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x1, x2, stack, info, *params):  # type: ignore[override]
+        ctx.autocast = (x1.device.type, *_autocast_state(x1.device.type))
         records: list[_LayerRecord] = []
         need_rng = stack.needs_rng_replay()
         with torch.no_grad():
@@ -109,6 +116,7 @@ class _ReversibleFunction(torch.autograd.Function):
     def backward(ctx, dy1, dy2):  # type: ignore[override]
         y1, y2 = ctx.saved_tensors
         stack, info, records = ctx.stack, ctx.info, ctx.records
+        device_type, autocast_on, autocast_dtype = ctx.autocast
         position = {id(p): i for i, p in enumerate(ctx.params)}
         grads: list[torch.Tensor | None] = [None] * len(ctx.params)
 
@@ -122,7 +130,7 @@ class _ReversibleFunction(torch.autograd.Function):
         for layer, rec in zip(reversed(stack.layers), reversed(records)):
             g_params = [p for p in layer.feed_forward.parameters() if p.requires_grad]
             f_params = [p for p in layer.attention.parameters() if p.requires_grad]
-            with torch.enable_grad():
+            with torch.enable_grad(), torch.autocast(device_type, autocast_dtype, enabled=autocast_on):
                 y1_ = y1.detach().requires_grad_(True)
                 with rec.rng_g.replay() if rec.rng_g is not None else _NoReplay():
                     g_out = layer.feed_forward(y1_)
@@ -132,7 +140,7 @@ class _ReversibleFunction(torch.autograd.Function):
             with torch.no_grad():
                 x2 = y2 - g_out
             del g_out
-            with torch.enable_grad():
+            with torch.enable_grad(), torch.autocast(device_type, autocast_dtype, enabled=autocast_on):
                 x2_ = x2.detach().requires_grad_(True)
                 with rec.rng_f.replay() if rec.rng_f is not None else _NoReplay():
                     f_out, _ = layer.attention(x2_, info, rec.buckets)

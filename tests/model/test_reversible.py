@@ -239,3 +239,21 @@ def test_training_without_dropout_uses_no_randomness():
     state = torch.get_rng_state()
     model(ids).sum().backward()
     assert torch.equal(torch.get_rng_state(), state)
+
+
+def test_reversible_backward_recomputes_under_the_forward_autocast():
+    """Forward under bfloat16 autocast, backward outside it (as a training loop does; CPU autocast here,
+    CUDA's in GPU training): the reversible gradients match plain autograd's, because the backward's
+    recomputation re-enters the forward's autocast state instead of redoing the layers in fp32."""
+    cfg = _config(dropout=0.0, attention_dropout=0.0)
+    rev, plain = _pair(cfg)
+    x, info, weights = _inputs(cfg)
+    grads = []
+    for model in (rev.train(), plain.train()):
+        xin = x.clone().requires_grad_(True)
+        with torch.autocast("cpu", torch.bfloat16):
+            y1, y2 = model.stack(xin, xin, info)
+        loss = (y1.float() * weights[0]).sum() + (y2.float() * weights[1]).sum()
+        grads.append(torch.autograd.grad(loss, [xin, *model.stack.parameters()]))
+    rel = [((a - b).norm() / b.norm()).item() for a, b in zip(*grads) if b.norm() > 0]
+    assert max(rel) < 0.004, rel  # recomputing in fp32 instead gives 0.0066 here
