@@ -65,6 +65,7 @@ def dedup(input_path: str, output: Path, method: str, threshold: float | None, m
           text_column: str, num_perm: int, shingle: str, ngram: int, threads: int | None, resume: bool, show: int,
           quiet: bool) -> None:
     """Find near-duplicate clusters in INPUT and write them to OUT_DIR."""
+    from reformer_retrieval.cli.errors import reported_as_click_errors
     from reformer_retrieval.indexes import IndexInputError, set_threads
 
     from reformer_retrieval.checkpoint import ModelDirectoryError
@@ -75,30 +76,28 @@ def dedup(input_path: str, output: Path, method: str, threshold: float | None, m
         "threshold": threshold, "minhash_threshold": minhash_threshold, "index": index_kind, "k": k,
         "keep": keep, "num_perm": num_perm, "shingle": shingle, "ngram": ngram,
     }
+    errors = (CorpusError, ModelDirectoryError, IndexInputError, ValueError, OSError, RuntimeError)
     try:
-        set_threads(threads)
-        try:
-            read_embeddings_metadata(input_path)
-            is_embeddings = True
-        except CorpusError:
-            is_embeddings = False
-        if is_embeddings:
-            result = dedup_embeddings(input_path, output, corpus=corpus, id_column=id_column, text_column=text_column,
-                                      method=method, model_dir=model, show_progress=not quiet, **options)
-        else:
-            if corpus is not None:
-                raise click.UsageError("--corpus is for an embeddings INPUT; INPUT is already a corpus")
-            result = dedup_corpus(input_path, output, method=method, model=model, id_column=id_column,
-                                  text_column=text_column, device=device, resume=resume, show_progress=not quiet,
-                                  **options)
-    except click.ClickException:
-        raise
+        with reported_as_click_errors(*errors):
+            set_threads(threads)
+            try:
+                read_embeddings_metadata(input_path)
+                is_embeddings = True
+            except CorpusError:
+                is_embeddings = False
+            if is_embeddings:
+                result = dedup_embeddings(input_path, output, corpus=corpus, id_column=id_column,
+                                          text_column=text_column, method=method, model_dir=model,
+                                          show_progress=not quiet, **options)
+            else:
+                if corpus is not None:
+                    raise click.UsageError("--corpus is for an embeddings INPUT; INPUT is already a corpus")
+                result = dedup_corpus(input_path, output, method=method, model=model, id_column=id_column,
+                                      text_column=text_column, device=device, resume=resume,
+                                      show_progress=not quiet, **options)
     except KeyboardInterrupt:
         click.echo("interrupted; run the same command with --resume to reuse the finished encoding parts", err=True)
         sys.exit(130)
-    except (CorpusError, ModelDirectoryError, IndexInputError, ValueError, OSError, RuntimeError) as exc:
-        text = str(exc).strip()
-        raise click.ClickException(text.splitlines()[0] if text else type(exc).__name__) from None
     for line in result.summary_lines():
         click.echo(line)
     clusters = sorted(result.clusters(), key=len, reverse=True)

@@ -64,35 +64,36 @@ def encode(
     quiet: bool,
 ) -> None:
     """Embed every document of a Parquet CORPUS into EMB.parquet (one unit vector per id)."""
+    from reformer_retrieval.cli.errors import reported_as_click_errors
+
     from reformer_retrieval.checkpoint import ModelDirectoryError
     from reformer_retrieval.corpus import CorpusError
     from reformer_retrieval.encode import Encoder, parts_dir_for
 
     try:
-        encoder = Encoder.load(
-            model,
-            device=device,
-            dtype=dtype,
-            batch_tokens=batch_tokens,
-            max_tokens=max_tokens,
-            long_docs=long_docs,  # type: ignore[arg-type]
-        )
-        summary = encoder.encode_parquet(
-            corpus,
-            output,
-            id_column=id_column,
-            text_column=text_column,
-            resume=resume,
-            on_duplicate=on_duplicate,  # type: ignore[arg-type]
-            show_progress=not quiet,
-            part_docs=part_docs,
-        )
+        with reported_as_click_errors(CorpusError, ModelDirectoryError, ValueError, TypeError, OSError):
+            encoder = Encoder.load(
+                model,
+                device=device,
+                dtype=dtype,
+                batch_tokens=batch_tokens,
+                max_tokens=max_tokens,
+                long_docs=long_docs,  # type: ignore[arg-type]
+            )
+            summary = encoder.encode_parquet(
+                corpus,
+                output,
+                id_column=id_column,
+                text_column=text_column,
+                resume=resume,
+                on_duplicate=on_duplicate,  # type: ignore[arg-type]
+                show_progress=not quiet,
+                part_docs=part_docs,
+            )
     except KeyboardInterrupt:
         parts = parts_dir_for(output)
         hint = f"; finished parts are kept in {parts}: run the same command with --resume" if parts.exists() else ""
         click.echo(f"interrupted{hint}", err=True)
         sys.exit(130)
-    except (CorpusError, ModelDirectoryError, ValueError, TypeError, OSError) as exc:
-        raise click.ClickException(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__) from None
     for line in summary.lines():
         click.echo(line)

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
+from reformer_retrieval.cli.errors import reported_as_click_errors
 
 if TYPE_CHECKING:  # numpy is only named in annotations: keep it off the CLI's start-up
     import numpy as np
@@ -14,12 +15,8 @@ if TYPE_CHECKING:  # numpy is only named in annotations: keep it off the CLI's s
 __all__ = ["eval_group"]
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _errors() -> tuple[type[BaseException], ...]:
+    """The exceptions every ``eval`` verb reports as a one-line error."""
     import pyarrow as pa
     from reformer_retrieval.indexes import IndexDirectoryError, IndexInputError
 
@@ -113,7 +110,7 @@ def eval_dedup(labelled: Path, label_column: str, id_column: str, text_column: s
         sweep_dedup,
     )
 
-    try:
+    with reported_as_click_errors(ImportError, *_errors()):
         labels = read_labels(labelled, id_column, label_column)
         if clusters is not None:
             m = evaluate_clusters(clusters, labels)
@@ -140,43 +137,28 @@ def eval_dedup(labelled: Path, label_column: str, id_column: str, text_column: s
         best = max(rows, key=lambda r: r.f1)
         _write_json(json_path, {"method": method, "default_threshold": default, "best_f1": best.to_dict(),
                                 "sweep": [r.to_dict() for r in rows], "seconds": result.summary.get("seconds")})
-    except click.ClickException:
-        raise
-    except ImportError as exc:
-        raise click.ClickException(_one_line(exc)) from None
-    except _errors() as exc:
-        raise click.ClickException(_one_line(exc)) from None
 
 
 def _load(labelled: Path, id_column: str, text_column: str, method: str, embeddings: Path | None,
           model: Path | None, device: str, quiet: bool) -> tuple[list[Any], list[str] | None, np.ndarray | None]:
     """Ids, texts (when the method needs them) and vectors (when it needs them) of the labelled corpus."""
-    from reformer_retrieval.corpus import iter_batches, read_embeddings
+    from reformer_retrieval.corpus import read_embeddings, read_texts
 
-    ids: list[Any] = []
-    texts: list[str] = []
-    for batch in iter_batches(labelled, id_column, text_column):
-        ids.extend(batch.ids)
-        texts.extend(batch.texts)
+    ids, texts, _ = read_texts(labelled, id_column, text_column)
     vectors = None
     if method != "minhash":
         if embeddings is not None:
             table = read_embeddings(embeddings)
-        else:
-            import tempfile
-
+            position = {d: i for i, d in enumerate(table.ids)}
+            missing = [d for d in ids if d not in position]
+            if missing:
+                raise ValueError(f"the embeddings lack id {missing[0]!r} of {labelled}")
+            vectors = table.vectors[[position[d] for d in ids]]
+        else:  # encoded in memory, in the order of ids
             from reformer_retrieval.encode import Encoder
 
             encoder = Encoder.load(model, device=device)
-            with tempfile.TemporaryDirectory() as tmp:
-                encoder.encode_parquet(labelled, Path(tmp) / "emb.parquet", id_column=id_column,
-                                       text_column=text_column, show_progress=not quiet)
-                table = read_embeddings(Path(tmp) / "emb.parquet")
-        position = {d: i for i, d in enumerate(table.ids)}
-        missing = [d for d in ids if d not in position]
-        if missing:
-            raise ValueError(f"the embeddings lack id {missing[0]!r} of {labelled}")
-        vectors = table.vectors[[position[d] for d in ids]]
+            vectors, _, _ = encoder.encode_with_info(texts, show_progress=not quiet)
     return ids, (texts if method != "embedding" else None), vectors
 
 
@@ -225,7 +207,7 @@ def eval_search(queries: Path, qrels: Path, index_dir: Path | None, results: Pat
             raise ValueError
     except ValueError:
         raise click.BadParameter(f"--ks {ks!r}: a comma list of positive integers") from None
-    try:
+    with reported_as_click_errors(*_errors()):
         qids, texts, own = read_queries(queries, query_id_column, query_text_column, exclude_column)
         judged = read_qrels(qrels)
         exclude = dict(zip(qids, own)) if own is not None else None
@@ -238,8 +220,6 @@ def eval_search(queries: Path, qrels: Path, index_dir: Path | None, results: Pat
                                           exclude=own)
             hits = hits_to_dict(table)
         metrics = search_metrics(hits, judged, ks=cutoffs, exclude=exclude)
-    except _errors() as exc:
-        raise click.ClickException(_one_line(exc)) from None
     click.echo(f"{metrics['queries']:,} queries with relevant documents"
                + (f" ({metrics['queries_without_relevant']:,} without, skipped)"
                   if metrics["queries_without_relevant"] else ""))

@@ -8,18 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import click
+from reformer_retrieval.cli.errors import reported_as_click_errors
 
 __all__ = ["index"]
 
 _KINDS = ["flat", "hnsw", "ivfpq", "lsh", "minhash"]
 
 
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _errors() -> tuple[type[BaseException], ...]:
+    """The exceptions every ``index`` verb reports as a one-line error."""
     from reformer_retrieval.indexes import IndexDirectoryError, IndexInputError
 
     from reformer_retrieval.corpus import CorpusError
@@ -37,19 +34,6 @@ def _backend_params(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
                     "seed": "seed"},
     }.get(kind, {})
     return {target: opts[src] for src, target in names.items() if opts.get(src) is not None}
-
-
-def _read_texts(corpus: str, id_column: str, text_column: str) -> tuple[list[Any], list[str], int]:
-    from reformer_retrieval.corpus import iter_batches
-
-    ids: list[Any] = []
-    texts: list[str] = []
-    skipped = 0
-    for batch in iter_batches(corpus, id_column, text_column):
-        ids.extend(batch.ids)
-        texts.extend(batch.texts)
-        skipped += len(batch.skipped)
-    return ids, texts, skipped
 
 
 def _is_embeddings(path: str) -> bool:
@@ -124,20 +108,20 @@ def build(input_path: str, output: Path, kind: str, overwrite: bool, id_column: 
     """Build an index of KIND over INPUT and write it to INDEX_DIR."""
     from reformer_retrieval.indexes import MinHashIndex, build_index, set_threads
 
-    from reformer_retrieval.corpus import read_embeddings
+    from reformer_retrieval.corpus import read_embeddings, read_texts
 
     start = time.perf_counter()
-    try:
+    with reported_as_click_errors(*_errors()):
         set_threads(threads)
         params = _backend_params(kind, opts)
         if kind == "minhash":
             if _is_embeddings(input_path):
                 raise click.UsageError("--kind minhash indexes texts: give the corpus, not an embeddings file")
-            ids, texts, skipped = _read_texts(input_path, id_column, text_column)
+            ids, texts, skipped = read_texts(input_path, id_column, text_column)
             idx: Any = MinHashIndex(**params)
             idx.add(texts, ids, show_progress=not quiet)
             if skipped:
-                click.echo(f"skipped {skipped:,} rows with a null id or an empty text", err=True)
+                click.echo(f"skipped {len(skipped):,} rows with a null id or an empty text", err=True)
         else:
             if not _is_embeddings(input_path):
                 raise click.UsageError(
@@ -147,10 +131,6 @@ def build(input_path: str, output: Path, kind: str, overwrite: bool, id_column: 
             table = read_embeddings(input_path)
             idx = build_index(kind, table.vectors, table.ids, model_id=table.model_id, **params)
         idx.save(output, overwrite=overwrite)
-    except click.ClickException:
-        raise
-    except _errors() as exc:
-        raise click.ClickException(_one_line(exc)) from None
     click.echo(f"built a {kind} index of {idx.count:,} entries (dim {idx.dim}, model {idx.model_id}) in "
                f"{time.perf_counter() - start:.1f} s -> {output}")
 
@@ -173,22 +153,20 @@ def add(index_dir: Path, input_path: str, id_column: str, text_column: str, thre
     from reformer_retrieval.indexes import MinHashIndex, open_index, set_threads
     from reformer_retrieval.indexes.store import check_compatible
 
-    from reformer_retrieval.corpus import read_embeddings
+    from reformer_retrieval.corpus import read_embeddings, read_texts
 
-    try:
+    with reported_as_click_errors(*_errors()):
         set_threads(threads)
         idx = open_index(index_dir)
         before = idx.count
         if isinstance(idx, MinHashIndex):
-            ids, texts, _ = _read_texts(input_path, id_column, text_column)
+            ids, texts, _ = read_texts(input_path, id_column, text_column)
             idx.add(texts, ids, show_progress=not quiet)
         else:
             table = read_embeddings(input_path)
             check_compatible({"model_id": idx.model_id, "dim": idx.dim}, index_dir, table.model_id, table.dim)
             idx.add(table.vectors, table.ids)
         idx.save(index_dir, overwrite=True)
-    except _errors() as exc:
-        raise click.ClickException(_one_line(exc)) from None
     click.echo(f"added {idx.count - before:,} entries to {index_dir} (now {idx.count:,})")
 
 
@@ -203,10 +181,8 @@ def info(index_dir: Path, as_json: bool, verify: bool) -> None:
     """Describe INDEX_DIR: kind, size, model, parameters, files."""
     from reformer_retrieval.indexes import read_manifest
 
-    try:
+    with reported_as_click_errors(*_errors()):
         manifest = read_manifest(index_dir, verify=verify)
-    except _errors() as exc:
-        raise click.ClickException(_one_line(exc)) from None
     if as_json:
         click.echo(json.dumps(manifest, indent=2, sort_keys=True))
         return

@@ -54,6 +54,7 @@ def search(index_dir: Path, query: str | None, files: tuple[Path, ...], ids: tup
            ef_search: int | None, nprobe: int | None, threads: int | None) -> None:
     """Top-k documents of INDEX_DIR for QUERY (a text), --file, --id or --queries."""
     import pyarrow as pa
+    from reformer_retrieval.cli.errors import reported_as_click_errors
     from reformer_retrieval.indexes import IndexDirectoryError, IndexInputError, set_threads
 
     from reformer_retrieval.atomic import atomic_write_text
@@ -66,7 +67,9 @@ def search(index_dir: Path, query: str | None, files: tuple[Path, ...], ids: tup
         raise click.UsageError("give exactly one of QUERY, --file, --id or --queries")
     if fmt == "parquet" and output is None:
         raise click.UsageError("--format parquet needs -o FILE")
-    try:
+    errors = (CorpusError, ModelDirectoryError, IndexDirectoryError, IndexInputError, ValueError, OSError,
+              UnicodeDecodeError, pa.ArrowException)
+    with reported_as_click_errors(*errors):
         set_threads(threads)
         searcher = Searcher.open(index_dir, model=model, device=device)
         idx = searcher.index
@@ -100,10 +103,6 @@ def search(index_dir: Path, query: str | None, files: tuple[Path, ...], ids: tup
             click.echo(f"wrote {hits.num_rows:,} hits to {output}")
             return
         text = format_hits(hits, fmt)
-    except (CorpusError, ModelDirectoryError, IndexDirectoryError, IndexInputError, ValueError, OSError,
-            UnicodeDecodeError, pa.ArrowException) as exc:
-        msg = str(exc).strip()
-        raise click.ClickException(msg.splitlines()[0] if msg else type(exc).__name__) from None
     if output is not None:
         atomic_write_text(output, text + "\n")
         click.echo(f"wrote {hits.num_rows:,} hits to {output}")

@@ -123,11 +123,14 @@ class IdMap:
             seen.add(value)
         return out
 
-    def append(self, ids: Sequence[Any]) -> np.ndarray:
-        """Give rows to validated new ``ids``; returns the rows (int64)."""
-        normalised = self.check_new(ids)
-        if self.id_type is None:
-            self.id_type = id_type_of(normalised)
+    def append(self, ids: Sequence[Any], checked: bool = False) -> np.ndarray:
+        """Give rows to new ``ids``; returns the rows (int64).
+
+        ``ids`` are validated with `check_new` unless ``checked`` says they are its output already.
+        """
+        normalised = list(ids) if checked else self.check_new(ids)
+        if self.id_type is None and normalised:  # check_new made them all one type
+            self.id_type = "string" if isinstance(normalised[0], str) else "int"
         start = self.next_row
         for offset, value in enumerate(normalised):
             self._id_to_row[value] = start + offset
@@ -303,10 +306,10 @@ class VectorIndex(abc.ABC):
             raise IndexInputError(f"{len(x)} vectors but {len(ids)} ids")
         if len(ids) == 0:
             return
-        self.idmap.check_new(ids)
+        new_ids = self.idmap.check_new(ids)  # before the backend changes
         rows = np.arange(self.idmap.next_row, self.idmap.next_row + len(ids), dtype=np.int64)
         self._add(x, rows)
-        self.idmap.append(ids)
+        self.idmap.append(new_ids, checked=True)
 
     def search(self, queries: Any, k: int = 10, exclude: Sequence[Any] | None = None) -> SearchResult:
         """The ``k`` best hits for each query vector; ``exclude[q]`` (an id or None) is dropped from q's list."""

@@ -41,7 +41,30 @@ def _selector(rows: np.ndarray) -> Any:
     return faiss.IDSelectorBatch(np.ascontiguousarray(rows, dtype=np.int64))
 
 
-class FlatIndex(VectorIndex):
+class _FaissIndex(VectorIndex):
+    """Hooks shared by the FAISS backends: search, range search, reconstruct and write ``self.index``.
+
+    Subclasses create ``self.index`` (a FAISS index whose labels are our rows) and implement `_add`,
+    `_remove` and `_read`; they override `_search` / `_range_search` when searching needs parameters.
+    """
+
+    index: Any
+
+    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.index.search(q, k)
+
+    def _range_search(self, q: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.index.range_search(q, float_below(threshold))
+
+    def _reconstruct(self, rows: np.ndarray) -> np.ndarray:
+        return np.stack([self.index.reconstruct(int(r)) for r in rows])
+
+    def _write(self, directory: Path) -> list[str]:
+        faiss.write_index(self.index, str(directory / INDEX_FILE))
+        return [INDEX_FILE]
+
+
+class FlatIndex(_FaissIndex):
     """Exact inner-product search over every stored vector (``IndexIDMap2(IndexFlatIP)``)."""
 
     kind: ClassVar[str] = "flat"
@@ -54,28 +77,15 @@ class FlatIndex(VectorIndex):
     def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
         self.index.add_with_ids(x, rows)
 
-    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.index.search(q, k)
-
-    def _range_search(self, q: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.index.range_search(q, float_below(threshold))
-
     def _remove(self, rows: np.ndarray) -> None:
         self.index.remove_ids(_selector(rows))
-
-    def _reconstruct(self, rows: np.ndarray) -> np.ndarray:
-        return np.stack([self.index.reconstruct(int(r)) for r in rows])
-
-    def _write(self, directory: Path) -> list[str]:
-        faiss.write_index(self.index, str(directory / INDEX_FILE))
-        return [INDEX_FILE]
 
     @classmethod
     def _read(cls, directory: Path, manifest: dict[str, Any]) -> FlatIndex:
         return cls(manifest["dim"], manifest.get("model_id"), faiss.read_index(str(directory / INDEX_FILE)))
 
 
-class HNSWIndex(VectorIndex):
+class HNSWIndex(_FaissIndex):
     """Approximate search on an HNSW graph (``IndexHNSWFlat``, inner product); scores are exact.
 
     Args:
@@ -109,19 +119,27 @@ class HNSWIndex(VectorIndex):
         self.ef_construction = int(faiss_index.hnsw.efConstruction)
         self.ef_search = int(ef_search)
         self._removed = np.zeros(0, dtype=np.int64)
+        # (IDSelectorBatch, IDSelectorNot) excluding the removed rows; built on first use after a change.
+        # Kept here, not only in the search parameters: SWIG holds raw pointers to them.
+        self._exclude_removed: tuple[Any, Any] | None = None
 
     @property
     def parameters(self) -> dict[str, Any]:
         return {"m": self.m, "ef_construction": self.ef_construction, "ef_search": self.ef_search}
 
+    def _set_removed(self, rows: np.ndarray) -> None:
+        """Record the tombstoned rows and drop the cached selector built from the previous ones."""
+        self._removed = rows
+        self._exclude_removed = None
+
     def _params(self, k: int) -> Any:
         params = faiss.SearchParametersHNSW()
         params.efSearch = max(self.ef_search, k)
         if len(self._removed):
-            # keep the selector objects alive as long as params (SWIG holds raw pointers)
-            self._sel_batch = _selector(self._removed)
-            self._sel = faiss.IDSelectorNot(self._sel_batch)
-            params.sel = self._sel
+            if self._exclude_removed is None:
+                batch = _selector(self._removed)
+                self._exclude_removed = (batch, faiss.IDSelectorNot(batch))
+            params.sel = self._exclude_removed[1]
         return params
 
     def _add(self, x: np.ndarray, rows: np.ndarray) -> None:
@@ -136,14 +154,7 @@ class HNSWIndex(VectorIndex):
         return self.index.range_search(q, float_below(threshold), params=self._params(0))
 
     def _remove(self, rows: np.ndarray) -> None:
-        self._removed = np.union1d(self._removed, rows)
-
-    def _reconstruct(self, rows: np.ndarray) -> np.ndarray:
-        return np.stack([self.index.reconstruct(int(r)) for r in rows])
-
-    def _write(self, directory: Path) -> list[str]:
-        faiss.write_index(self.index, str(directory / INDEX_FILE))
-        return [INDEX_FILE]
+        self._set_removed(np.union1d(self._removed, rows))
 
     @classmethod
     def _read(cls, directory: Path, manifest: dict[str, Any]) -> HNSWIndex:
@@ -160,7 +171,7 @@ class HNSWIndex(VectorIndex):
         total = self.index.ntotal
         if len(live) != total:
             raise IndexInputError(f"HNSW graph holds {total} vectors but ids.parquet covers {len(live)} rows")
-        self._removed = np.nonzero(~live)[0].astype(np.int64)
+        self._set_removed(np.nonzero(~live)[0].astype(np.int64))
 
 
 def default_nlist(n: int) -> int:
@@ -174,7 +185,7 @@ def default_pq_m(dim: int) -> int:
     return max(d for d in range(1, target + 1) if dim % d == 0)
 
 
-class IVFPQIndex(VectorIndex):
+class IVFPQIndex(_FaissIndex):
     """Inverted lists over product-quantised codes (``IndexIVFPQ``, inner product); compact, approximate.
 
     Trained on a seeded random sample of the vectors of the first `add` (or `train`). Scores are PQ
@@ -282,21 +293,8 @@ class IVFPQIndex(VectorIndex):
             self.train(x)
         self.index.add_with_ids(x, rows)
 
-    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.index.search(q, k)
-
-    def _range_search(self, q: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        return self.index.range_search(q, float_below(threshold))
-
     def _remove(self, rows: np.ndarray) -> None:
         self.index.remove_ids(faiss.IDSelectorArray(np.ascontiguousarray(rows, dtype=np.int64)))
-
-    def _reconstruct(self, rows: np.ndarray) -> np.ndarray:
-        return np.stack([self.index.reconstruct(int(r)) for r in rows])
-
-    def _write(self, directory: Path) -> list[str]:
-        faiss.write_index(self.index, str(directory / INDEX_FILE))
-        return [INDEX_FILE]
 
     @classmethod
     def _read(cls, directory: Path, manifest: dict[str, Any]) -> IVFPQIndex:

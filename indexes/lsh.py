@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import faiss
 import numpy as np
-from reformer_retrieval.indexes.base import IndexInputError, VectorIndex
+from reformer_retrieval.indexes.base import IndexInputError, VectorIndex, filter_range_hits, sort_range_hits
 
 __all__ = ["BinaryLSHIndex", "collision_probability"]
 
@@ -142,16 +142,13 @@ class BinaryLSHIndex(VectorIndex):
 
     def candidates(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(lims, rows): every live stored row sharing a probed bucket with each query."""
-        lims, _, rows = self._buckets.range_search(self.codes(q), self.n_bits + 1)
+        lims, distances, rows = self._buckets.range_search(self.codes(q), self.n_bits + 1)
         lims = lims.astype(np.int64)
         rows = rows.astype(np.int64)
         keep = self._live[rows]
         if not keep.all():
-            qi = np.repeat(np.arange(len(q)), np.diff(lims))
-            counts = np.bincount(qi[keep], minlength=len(q))
-            lims = np.concatenate([[0], np.cumsum(counts)])
-            rows = rows[keep]
-        return lims.astype(np.int64), rows
+            lims, _, rows = filter_range_hits(lims, distances, rows, keep)
+        return lims, rows
 
     def _scored(self, q: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(lims, exact scores, rows) of all candidates, batch by batch."""
@@ -173,13 +170,12 @@ class BinaryLSHIndex(VectorIndex):
         out_s = np.full((len(q), k), -np.inf, dtype=np.float32)
         out_r = np.full((len(q), k), -1, dtype=np.int64)
         if len(rows):
+            scores, rows = sort_range_hits(lims, scores, rows)  # each query's hits stay in its lims span
             qi = np.repeat(np.arange(len(q)), np.diff(lims))
-            order = np.lexsort((rows, -scores.astype(np.float64), qi))
-            rank = np.arange(len(order)) - lims[qi[order]]
+            rank = np.arange(len(rows)) - lims[qi]
             top = rank < k
-            sel = order[top]
-            out_s[qi[sel], rank[top]] = scores[sel]
-            out_r[qi[sel], rank[top]] = rows[sel]
+            out_s[qi[top], rank[top]] = scores[top]
+            out_r[qi[top], rank[top]] = rows[top]
         return out_s, out_r
 
     def _range_search(self, q: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

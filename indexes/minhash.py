@@ -444,11 +444,15 @@ class MinHashIndex:
         texts = list(texts)
         if len(texts) != len(ids):
             raise IndexInputError(f"{len(texts)} texts but {len(ids)} ids")
-        self.idmap.check_new(list(ids))
-        self.add_signatures(self.hasher.signatures(texts, show_progress=show_progress), ids)
+        new_ids = self.idmap.check_new(list(ids))  # before the (costly) signatures
+        self._append_signatures(self.hasher.signatures(texts, show_progress=show_progress), new_ids, checked=True)
 
     def add_signatures(self, signatures: np.ndarray, ids: Sequence[Any]) -> None:
         """Add pre-computed signatures (from this index's `hasher`) under ``ids``."""
+        self._append_signatures(signatures, ids, checked=False)
+
+    def _append_signatures(self, signatures: np.ndarray, ids: Sequence[Any], checked: bool) -> None:
+        """`add_signatures`; ``checked``: ``ids`` come from ``idmap.check_new`` (not validated again)."""
         signatures = np.ascontiguousarray(signatures, dtype=np.uint32)
         if signatures.ndim != 2 or signatures.shape[1] != self.num_perm:
             raise IndexInputError(f"signatures have shape {signatures.shape}; need (n, {self.num_perm})")
@@ -456,7 +460,7 @@ class MinHashIndex:
             raise IndexInputError(f"{len(signatures)} signatures but {len(ids)} ids")
         if len(ids) == 0:
             return
-        self.idmap.append(list(ids))
+        self.idmap.append(list(ids), checked=checked)
         self.signatures = np.concatenate([self.signatures, signatures])
         self._keys = np.concatenate([self._keys, self.band_keys(signatures)])
         self._live = np.concatenate([self._live, ~(signatures == EMPTY).all(axis=1)])

@@ -42,6 +42,7 @@ __all__ = [
     "read_embeddings",
     "read_embeddings_metadata",
     "read_skipped",
+    "read_texts",
     "resolve_sources",
     "write_embeddings",
     "write_skipped",
@@ -307,6 +308,27 @@ def iter_batches(
             row += record_batch.num_rows
             if out.ids or out.skipped:
                 yield out
+
+
+def read_texts(
+    src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    id_column: str = "id",
+    text_column: str = "text",
+    on_duplicate: Literal["error", "keep_first"] = "error",
+) -> tuple[list[Id], list[str], list[SkippedRecord]]:
+    """Every document of a Parquet corpus in memory: ``(ids, texts, skipped rows)``.
+
+    Reads with `iter_batches` (same arguments, same checks and errors); use that to stream a corpus too
+    large to hold.
+    """
+    ids: list[Id] = []
+    texts: list[str] = []
+    skipped: list[SkippedRecord] = []
+    for batch in iter_batches(src, id_column, text_column, on_duplicate=on_duplicate):
+        ids.extend(batch.ids)
+        texts.extend(batch.texts)
+        skipped.extend(batch.skipped)
+    return ids, texts, skipped
 
 
 def _text_problem(text: Any) -> str | None:

@@ -54,6 +54,7 @@ __all__ = [
     "dedup_embeddings",
     "default_threshold",
     "find_duplicates",
+    "minhash_inputs",
     "union_find",
 ]
 
@@ -289,6 +290,31 @@ def _embedding_candidates(
     return pairs, saturated
 
 
+def _signatures(hasher: MinHasher, shingle_sets: Sequence[np.ndarray], batch: int = 256) -> np.ndarray:
+    """MinHash signatures ``(n, num_perm)`` of ``shingle_sets``, ``batch`` sets at a time (bounds the memory)."""
+    if len(shingle_sets) == 0:
+        return np.zeros((0, hasher.num_perm), dtype=np.uint32)
+    return np.concatenate([hasher.signatures_from_shingles(shingle_sets[s:s + batch])
+                           for s in range(0, len(shingle_sets), batch)])
+
+
+def minhash_inputs(
+    texts: Sequence[str],
+    num_perm: int = DEFAULT_MINHASH_PERM,
+    shingle: str = DEFAULT_MINHASH_SHINGLE,
+    ngram: int = DEFAULT_MINHASH_NGRAM,
+    seed: int = 1,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Shingle sets and MinHash signatures of ``texts``, as `find_duplicates` computes them with these settings.
+
+    Pass both back as ``shingle_sets=`` and ``signatures=`` to dedup the same texts several times
+    (e.g. at several Jaccard thresholds) without shingling and hashing them again.
+    """
+    hasher = MinHasher(num_perm, seed, Shingler(shingle, ngram))
+    sets = [hasher.shingler.shingles(t) for t in texts]
+    return sets, _signatures(hasher, sets)
+
+
 def find_duplicates(
     ids: Sequence[Any],
     vectors: np.ndarray | None = None,
@@ -311,6 +337,7 @@ def find_duplicates(
     model_dir: str | Path | None = None,
     show_progress: bool = False,
     shingle_sets: Sequence[np.ndarray] | None = None,
+    signatures: np.ndarray | None = None,
 ) -> DedupResult:
     """Find near-duplicate clusters among documents given by vectors and/or texts.
 
@@ -337,6 +364,8 @@ def find_duplicates(
         show_progress: Show tqdm bars.
         shingle_sets: Pre-computed ``Shingler(shingle, ngram).shingles(text)`` of every text (saves the
             shingling when the same texts are deduplicated several times, e.g. in a threshold sweep).
+        signatures: Pre-computed MinHash signatures ``(n, num_perm)`` of the texts with these MinHash
+            settings (`minhash_inputs` gives both; saves the hashing in a threshold sweep).
     """
     t_total = time.perf_counter()
     ids = list(ids)
@@ -379,7 +408,7 @@ def find_duplicates(
     candidates = []
     saturated = 0
     shingles: list[np.ndarray] | None = None
-    sigs = np.zeros((0, num_perm), dtype=np.uint32)
+    mh: MinHashIndex | None = None
     raw_shingles = False
 
     if use_emb and n > 1:
@@ -391,18 +420,22 @@ def find_duplicates(
         seconds["embedding_candidates"] = time.perf_counter() - t0
     if use_lex and n > 1:
         t0 = time.perf_counter()
+        mh = MinHashIndex(threshold=float(lex_t), num_perm=num_perm, bands=bands, rows=rows, shingle=shingle,
+                          ngram=ngram, seed=seed)
         if shingle_sets is not None:
             if len(shingle_sets) != n:
                 raise ValueError(f"{len(shingle_sets)} shingle sets for {n} documents")
             shingles = list(shingle_sets)
         else:  # raw hashes (repeats included): enough for signatures; made unique only for verification
-            shingler = Shingler(shingle, ngram)
-            shingles = [shingler.hashes(t) for t in tqdm(texts, desc="shingle", unit="doc", disable=not show_progress)]
+            shingles = [mh.shingler.hashes(t)
+                        for t in tqdm(texts, desc="shingle", unit="doc", disable=not show_progress)]
             raw_shingles = True
-        mh = MinHashIndex(threshold=float(lex_t), num_perm=num_perm, bands=bands, rows=rows, shingle=shingle,
-                          ngram=ngram, seed=seed)
-        hasher: MinHasher = mh.hasher
-        sigs = np.concatenate([hasher.signatures_from_shingles(shingles[s:s + 256]) for s in range(0, n, 256)])
+        if signatures is not None:
+            if np.shape(signatures) != (n, num_perm):
+                raise ValueError(f"signatures have shape {np.shape(signatures)}; expected ({n}, {num_perm})")
+            sigs = signatures
+        else:
+            sigs = _signatures(mh.hasher, shingles)
         mh.add_signatures(sigs, list(range(n)))
         candidates.append(mh.candidate_pairs())
         seconds["minhash_candidates"] = time.perf_counter() - t0
@@ -410,11 +443,11 @@ def find_duplicates(
     t0 = time.perf_counter()
     pairs = np.unique(np.concatenate(candidates), axis=0) if candidates else np.zeros((0, 2), np.int64)
     cos = _cosines(vectors, pairs) if use_emb else np.full(len(pairs), np.nan, np.float32)
-    if use_lex and shingles is not None:
+    if mh is not None and shingles is not None:
         # pairs whose MinHash estimate is far (>= 5 standard errors) below the threshold are rejected
         # without the exact check; every accepted pair is verified exactly
         margin = max(0.1, 2.5 / np.sqrt(num_perm))
-        estimate = (sigs[pairs[:, 0]] == sigs[pairs[:, 1]]).mean(axis=1) if len(pairs) else np.zeros(0)
+        estimate = mh.estimated_jaccard(pairs[:, 0], pairs[:, 1]) if len(pairs) else np.zeros(0)
         check = np.flatnonzero(estimate >= lex_t - margin)
         if raw_shingles:
             for row in np.unique(pairs[check]).tolist():
@@ -562,11 +595,10 @@ def dedup_embeddings(
 
 def _texts_for(corpus: str | Path, ids: Sequence[Any], id_column: str, text_column: str) -> list[str]:
     """Texts of ``ids`` from the corpus, in that order; raises naming an id the corpus lacks."""
-    from reformer_retrieval.corpus import iter_batches
+    from reformer_retrieval.corpus import read_texts
 
-    lookup: dict[Any, str] = {}
-    for batch in iter_batches(corpus, id_column, text_column, on_duplicate="keep_first"):
-        lookup.update(zip(batch.ids, batch.texts))
+    corpus_ids, corpus_texts, _ = read_texts(corpus, id_column, text_column, on_duplicate="keep_first")
+    lookup: dict[Any, str] = dict(zip(corpus_ids, corpus_texts))
     out = []
     for doc_id in ids:
         text = lookup.get(doc_id)

@@ -318,8 +318,9 @@ def sweep_dedup(
     stays at ``minhash_threshold``): candidates found at the lowest threshold include those of every
     higher one, so one run and an incremental sweep give exactly the clusters of separate runs. For
     ``minhash`` the LSH banding itself depends on the threshold, so each threshold gets its own run
-    (the shingles are computed once). Returns the metrics (by increasing threshold) and the
-    `DedupResult` of the lowest threshold. ``kwargs`` go to `reformer_retrieval.dedup.find_duplicates`.
+    (the shingles and MinHash signatures are computed once). Returns the metrics (by increasing
+    threshold) and the `DedupResult` of the lowest threshold. ``kwargs`` go to
+    `reformer_retrieval.dedup.find_duplicates`.
     """
     from reformer_retrieval.dedup import DEFAULT_MINHASH_THRESHOLD, find_duplicates
 
@@ -328,17 +329,18 @@ def sweep_dedup(
         raise ValueError("no thresholds to sweep")
     low = thresholds[0]
     if method == "minhash" and len(thresholds) > 1:
-        # the LSH banding depends on the threshold: one real run per threshold (shingles computed once)
-        from reformer_retrieval.dedup import DEFAULT_MINHASH_NGRAM, DEFAULT_MINHASH_SHINGLE
-        from reformer_retrieval.indexes.minhash import Shingler
+        # the LSH banding depends on the threshold: one real run per threshold (shingles and signatures
+        # computed once)
+        from reformer_retrieval.dedup import minhash_inputs
 
         if texts is None:
             raise ValueError("method 'minhash' needs the texts")
-        shingler = Shingler(kwargs.get("shingle", DEFAULT_MINHASH_SHINGLE), kwargs.get("ngram", DEFAULT_MINHASH_NGRAM))
-        sets = [shingler.shingles(t) for t in texts]
+        settings = {key: kwargs[key] for key in ("num_perm", "shingle", "ngram", "seed") if key in kwargs}
+        sets, sigs = minhash_inputs(texts, **settings)
         rows, first = [], None
         for t in thresholds:
-            res = find_duplicates(ids, texts=texts, method="minhash", threshold=t, shingle_sets=sets, **kwargs)
+            res = find_duplicates(ids, texts=texts, method="minhash", threshold=t, shingle_sets=sets,
+                                  signatures=sigs, **kwargs)
             m = dedup_metrics(res.cluster_id, truth)
             m.threshold = t
             rows.append(m)

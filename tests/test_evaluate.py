@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_rand_score
 
-from reformer_retrieval.dedup import union_find
+from reformer_retrieval.dedup import find_duplicates, union_find
 from reformer_retrieval.evaluate import (
     dedup_metrics,
     labels_to_codes,
     plot_pr_curve,
     search_metrics,
+    sweep_dedup,
     threshold_sweep,
 )
 
@@ -94,3 +95,21 @@ def test_plot_pr_curve(tmp_path):
                             [0.4, 0.6, 0.85])
     path = plot_pr_curve({"embedding": sweep}, tmp_path / "pr.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_minhash_sweep_matches_separate_runs():
+    """The MinHash sweep (shingles and signatures computed once) scores what separate runs find."""
+    texts = ["alpha beta gamma delta epsilon zeta", "alpha beta gamma delta epsilon eta",
+             "one two three four five", "one two three four six", "lorem ipsum dolor sit amet",
+             "one two three four five seven"]
+    ids = [f"d{i}" for i in range(len(texts))]
+    truth = ["a", "a", "b", "b", "c", "b"]
+    thresholds = [0.2, 0.4, 0.6]
+    rows, first = sweep_dedup(ids, truth, thresholds, method="minhash", texts=texts, num_perm=64, ngram=1)
+    assert [m.threshold for m in rows] == thresholds
+    for m, t in zip(rows, thresholds):
+        alone = find_duplicates(ids, texts=texts, method="minhash", threshold=t, num_perm=64, ngram=1)
+        assert m.to_dict() == {**dedup_metrics(alone.cluster_id, truth).to_dict(), "threshold": t}
+    assert first.summary["thresholds"] == {"jaccard": 0.2}
+    with pytest.raises(ValueError, match="signatures have shape"):
+        find_duplicates(ids, texts=texts, method="minhash", signatures=np.zeros((2, 128), np.uint32))

@@ -118,3 +118,21 @@ def test_eval_search_with_index_and_model(tmp_path):
     metrics = json.loads((tmp_path / "m.json").read_text())
     # the own document "a" is excluded; "d" is the only relevant one left, and 3 of 3 others are returned
     assert metrics["queries"] == 1 and metrics["recall@3"] == 1.0
+
+
+def test_eval_dedup_encodes_in_memory_like_an_embeddings_file(labelled, tiny_dir):
+    """Without --embeddings the corpus is encoded in memory: the same scores as from `encode`'s file."""
+    from reformer_retrieval.encode import Encoder
+
+    root, _ = labelled
+    Encoder.load(tiny_dir, device="cpu").encode_parquet(root / "lab.parquet", root / "tiny.parquet",
+                                                        show_progress=False)
+    common = ["eval", "dedup", str(root / "lab.parquet"), "--sweep", "0.5:0.99:0.07", "-q"]
+    res = CliRunner().invoke(cli, [*common, "--model", str(tiny_dir), "--device", "cpu", "--json",
+                                   str(root / "mem.json")])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(cli, [*common, "--embeddings", str(root / "tiny.parquet"), "--json",
+                                   str(root / "file.json")])
+    assert res.exit_code == 0, res.output
+    mem, file = (json.loads((root / name).read_text())["sweep"] for name in ("mem.json", "file.json"))
+    assert mem == file

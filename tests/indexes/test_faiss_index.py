@@ -224,3 +224,15 @@ def test_set_threads():
     set_threads(before)
     with pytest.raises(ValueError):
         set_threads(-2)
+
+
+def test_hnsw_removal_after_a_search_is_honoured():
+    """The cached tombstone selector is rebuilt after every removal."""
+    x = clustered_vectors(500, 16, seed=3)
+    index = build_index("hnsw", x, [f"d{i}" for i in range(500)])
+    index.remove(["d0"])
+    assert "d0" not in index.search(x[[0, 1]], 5).ids[0]
+    index.remove(["d1"])
+    res = index.search(x[[0, 1]], 5)
+    assert all("d0" not in h and "d1" not in h for h in res.ids)
+    assert "d1" not in index.range_search(x[[1]], -1.0).ids[0]
