@@ -65,7 +65,13 @@ def load_model(directory: str | Path, map_location: str | torch.device = "cpu") 
 
 
 def load_tokenizer(directory: str | Path) -> ByteTokenizer:
-    """The tokenizer saved with a model (the default `ByteTokenizer` if none was saved)."""
+    """The tokenizer saved with a model: a `ByteTokenizer`, or a `BPETokenizer` when ``tokenizer.json`` says
+    ``"kind": "bpe"`` (the default `ByteTokenizer` if none was saved)."""
+    path = Path(directory) / "tokenizer.json"
+    if path.is_file() and json.loads(path.read_text(encoding="utf-8")).get("kind") == "bpe":
+        from reformer_retrieval.tokenizer_bpe import BPETokenizer
+
+        return BPETokenizer.load(directory)
     return ByteTokenizer.load(directory)
 
 

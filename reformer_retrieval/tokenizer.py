@@ -73,6 +73,7 @@ class ByteTokenizer:
     mask_token_id = MASK_ID
     vocab_size = VOCAB_SIZE
     kind = "bytes"
+    bytes_per_token = 1.0
 
     def __init__(
         self,

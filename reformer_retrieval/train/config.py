@@ -13,7 +13,10 @@ from reformer_retrieval.config import ReformerConfig
 from reformer_retrieval.train.augment import PRESETS, AugmentPolicy
 from reformer_retrieval.train.data import CurriculumPhase
 
-__all__ = ["RUNTIME_FIELDS", "TrainConfig"]
+__all__ = ["BPE_FIELDS", "RUNTIME_FIELDS", "TrainConfig"]
+
+BPE_FIELDS = frozenset({"kind", "vocab_size", "train_bytes"})
+"""Keys of ``TrainConfig.tokenizer`` that choose and size the vocabulary (the rest are normalisation settings)."""
 
 RUNTIME_FIELDS = frozenset(
     {"max_minutes", "device", "num_workers", "prefetch", "checkpoint_every", "log_every", "eval_every", "progress"}
@@ -34,8 +37,14 @@ class TrainConfig:
 
     Attributes:
         model: `ReformerConfig` fields of the model to train (missing fields take their defaults).
+        init_from: A model directory (``save_model`` layout, e.g. the shipped default) whose weights start
+            the run instead of a random initialisation: fine-tuning. Its architecture and tokenizer are used;
+            ``model`` and ``tokenizer``, where given, must agree with them.
         tokenizer: `ByteTokenizer` settings (``normalization``, ``lowercase``, ``collapse_whitespace``); the
-            model directory records them, and encoding applies the same ones.
+            model directory records them, and encoding applies the same ones. ``"kind": "bpe"`` with
+            ``vocab_size`` (and optionally ``train_bytes``, default 8,000,000) trains a byte-level BPE
+            vocabulary (`BPETokenizer`) on a seeded sample of the training split first; the model's
+            ``vocab_size`` follows it.
         steps: Optimizer steps of the schedule (with ``auto_steps``: the upper bound).
         auto_steps: Measure the step time of every curriculum phase on this machine first and choose the
             number of steps that fills ``max_minutes`` (evaluations and saves included).
@@ -51,6 +60,8 @@ class TrainConfig:
         augment: Augmentation policy of the views: a preset name (see `augment.PRESETS`) or a policy dict.
         augment_strength: Overall augmentation strength in [0, 1].
         containment_prob: Probability that view B covers only part of view A's window (a partial copy).
+        same_doc_negatives: Fraction of each batch given to hard negatives: a second window of another
+            batch document, disjoint from that document's window (same style and topic, different text).
         id_column, text_column: Corpus column names.
         cluster_column: Optional corpus column of cluster labels: documents with equal labels are extra
             positives (supervised near-duplicates).
@@ -85,6 +96,7 @@ class TrainConfig:
     """
 
     model: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
     tokenizer: dict[str, Any] = field(
         default_factory=lambda: {"normalization": "NFKC", "lowercase": True, "collapse_whitespace": True}
     )
@@ -102,6 +114,7 @@ class TrainConfig:
     augment: str | dict[str, Any] = "near_duplicate"
     augment_strength: float = 1.0
     containment_prob: float = 0.25
+    same_doc_negatives: float = 0.0
     id_column: str = "id"
     text_column: str = "text"
     cluster_column: str | None = None
@@ -151,6 +164,8 @@ class TrainConfig:
         for name in ("min_lr_ratio", "warmup", "augment_strength", "containment_prob", "cluster_pair_prob", "eval_strength"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 self._fail(name, "must lie in [0, 1]")
+        if not 0.0 <= self.same_doc_negatives <= 0.5:
+            self._fail("same_doc_negatives", "must lie in [0, 0.5] (each hard negative needs a host slot)")
         if self.temperature <= 0:
             self._fail("temperature", "must be > 0")
         if self.grad_clip < 0 or self.weight_decay < 0:
@@ -179,8 +194,14 @@ class TrainConfig:
             self._fail("device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         from reformer_retrieval.tokenizer import TokenizerConfig
 
+        settings = {k: v for k, v in self.tokenizer.items() if k not in BPE_FIELDS}
+        kind = self.tokenizer.get("kind", "bytes")
+        if kind not in ("bytes", "bpe"):
+            self._fail("tokenizer", f"kind must be 'bytes' or 'bpe', got {kind!r}")
+        if kind == "bpe" and not (isinstance(self.tokenizer.get("vocab_size"), int) and self.tokenizer["vocab_size"] > 260):
+            self._fail("tokenizer", "a 'bpe' tokenizer needs an integer vocab_size > 260")
         try:
-            TokenizerConfig(**{**self.tokenizer, "max_len": max_len})
+            TokenizerConfig(**{**settings, "max_len": max_len})
         except TypeError as exc:
             raise ValueError(f"TrainConfig.tokenizer: {exc}") from exc
 

@@ -260,6 +260,11 @@ class BatchBuilder:
     sub-window of it (a partial copy, with probability ``containment_prob``), or - with
     ``cluster_pair_prob`` and a cluster column - of a window of another document of the same cluster.
 
+    Hard negatives (``same_doc_negatives`` > 0): that fraction of the batch's slots holds a second window
+    of another slot's document, disjoint from that slot's window, under its own label. Two passages of one
+    book share language, style and topic but not text, so the model must match text, not genre: the case
+    of two articles of one site, or of documents that share a prefix.
+
     Args:
         texts: Every document's text (indexed by corpus index).
         n_bytes: UTF-8 length of every text.
@@ -275,6 +280,8 @@ class BatchBuilder:
         containment_prob: Probability that view B covers only part of view A's window.
         clusters: Optional cluster label per corpus index (ints), for supervised positives.
         cluster_pair_prob: Probability of drawing view B from another member of the document's cluster.
+        same_doc_negatives: Fraction of the batch's slots given to disjoint second windows of other slots'
+            documents (hard negatives; documents too short for two disjoint windows are not used).
     """
 
     def __init__(
@@ -293,6 +300,7 @@ class BatchBuilder:
         containment_prob: float = 0.25,
         clusters: np.ndarray | None = None,
         cluster_pair_prob: float = 0.0,
+        same_doc_negatives: float = 0.0,
     ) -> None:
         if len(train_index) < 2:
             raise ValueError("training needs at least two documents")
@@ -310,6 +318,9 @@ class BatchBuilder:
         self.containment_prob = float(containment_prob)
         self.clusters = None if clusters is None else np.asarray(clusters, dtype=np.int64)
         self.cluster_pair_prob = float(cluster_pair_prob) if clusters is not None else 0.0
+        if not 0.0 <= same_doc_negatives <= 0.5:
+            raise ValueError(f"same_doc_negatives must be in [0, 0.5], got {same_doc_negatives}")
+        self.same_doc_negatives = float(same_doc_negatives)
         self._members: dict[int, np.ndarray] = {}
         if self.clusters is not None:
             train_clusters = self.clusters[self.train_index]
@@ -327,21 +338,61 @@ class BatchBuilder:
     def _window(self, rng: np.random.Generator, doc: int, max_tokens: int) -> str:
         """A random character window of about ``max_tokens`` tokens of document ``doc`` (whole if shorter)."""
         text = self.texts[doc]
-        n_bytes = int(self.n_bytes[doc])
-        if n_bytes <= max_tokens:
-            return text
-        bytes_per_char = max(1.0, n_bytes / max(1, len(text)))
-        width = max(1, int(max_tokens / bytes_per_char))
-        if width >= len(text):
+        width = self._window_width(doc, max_tokens)
+        if width == 0:
             return text
         start = int(rng.integers(0, len(text) - width + 1))
         return text[start : start + width]
+
+    def _window_width(self, doc: int, max_tokens: int) -> int:
+        """Width in characters of a ``max_tokens`` window of ``doc`` (0 when the whole document fits); a
+        token is ``tokenizer.bytes_per_token`` bytes (1 for bytes, about 4 for BPE on English prose)."""
+        text = self.texts[doc]
+        n_bytes = int(self.n_bytes[doc])
+        window_bytes = max_tokens * self.tokenizer.bytes_per_token
+        if n_bytes <= window_bytes:
+            return 0
+        width = max(1, int(window_bytes / max(1.0, n_bytes / max(1, len(text)))))
+        return 0 if width >= len(text) else width
+
+    def _hard_negatives(
+        self, rng: np.random.Generator, docs: np.ndarray, max_tokens: int
+    ) -> tuple[np.ndarray, dict[int, str], list[int]]:
+        """Give the last slots of ``docs`` to disjoint second windows of earlier slots' documents.
+
+        Returns the new per-slot documents, the windows of every slot involved (hosts and second windows)
+        and the slots of the second windows. Only documents at least two windows long can host; with fewer
+        hosts, fewer slots are replaced (the rest keep their own documents).
+        """
+        k = len(docs)
+        m = round(self.same_doc_negatives * k)
+        windows: dict[int, str] = {}
+        seconds: list[int] = []
+        if m == 0:
+            return docs, windows, seconds
+        widths = [self._window_width(int(d), max_tokens) for d in docs.tolist()]
+        hosts = [i for i in range(k - m) if widths[i] > 0 and 2 * widths[i] <= len(self.texts[int(docs[i])])]
+        if not hosts:
+            return docs, windows, seconds
+        chosen = rng.choice(len(hosts), size=min(m, len(hosts)), replace=False)
+        docs = docs.copy()
+        for j, h in enumerate(sorted(hosts[int(c)] for c in chosen)):
+            slot = k - 1 - j
+            text, w = self.texts[int(docs[h])], widths[h]
+            x, y = sorted(int(v) for v in rng.integers(0, len(text) - 2 * w + 1, size=2))
+            first, second = text[x : x + w], text[y + w : y + 2 * w]  # disjoint: [x, x+w) and [y+w, y+2w)
+            if rng.random() < 0.5:
+                first, second = second, first
+            docs[slot] = docs[h]
+            windows[h], windows[slot] = first, second
+            seconds.append(slot)
+        return docs, windows, seconds
 
     def _encode(self, text: str, max_tokens: int, fallback: str) -> np.ndarray:
         ids, _ = self.tokenizer.encode(text, max_tokens)
         if len(ids) == 0:  # an augmentation removed everything: fall back to the un-augmented window
             ids, _ = self.tokenizer.encode(fallback, max_tokens)
-        return ids.astype(np.int16)
+        return ids.astype(np.int16 if self.tokenizer.vocab_size <= np.iinfo(np.int16).max else np.int32)
 
     def _offsets(self, rng: np.random.Generator, views: Sequence[np.ndarray], prob: float) -> np.ndarray:
         """One offset for a whole view batch: with probability ``prob`` uniform over the room the batch's
@@ -361,7 +412,8 @@ class BatchBuilder:
     def sample_documents(self, rng: np.random.Generator, phase: CurriculumPhase) -> np.ndarray:
         """Distinct training documents, drawn with weight ``min(n_bytes, max_tokens)``, so a long phase is
         made mostly of documents long enough to fill it."""
-        weights = np.minimum(self.n_bytes[self.train_index], phase.max_tokens).astype(np.float64)
+        window_bytes = phase.max_tokens * self.tokenizer.bytes_per_token
+        weights = np.minimum(self.n_bytes[self.train_index], window_bytes).astype(np.float64)
         k = min(phase.batch_size, len(self.train_index))
         return self.train_index[rng.choice(len(self.train_index), size=k, replace=False, p=weights / weights.sum())]
 
@@ -376,12 +428,25 @@ class BatchBuilder:
         rng = np.random.default_rng([self.seed, 0xBA7C4, step])
         docs = self.sample_documents(rng, phase)
         labels = (self.clusters[docs] if self.clusters is not None else docs).astype(np.int64)
+        windows: dict[int, str] = {}
+        seconds: list[int] = []
+        if self.same_doc_negatives > 0:
+            docs, windows, seconds = self._hard_negatives(
+                np.random.default_rng([self.seed, 0x4A2D, step]), docs, phase.max_tokens
+            )
+            labels = labels.copy()
+            labels[seconds] = -1 - np.asarray(seconds, dtype=np.int64)  # own class: its host's negative
         views_a: list[np.ndarray] = []
         views_b: list[np.ndarray] = []
-        for doc in docs.tolist():
-            window = self._window(rng, doc, phase.max_tokens)
+        for slot, doc in enumerate(docs.tolist()):
+            window = windows[slot] if slot in windows else self._window(rng, doc, phase.max_tokens)
             other_doc = doc
-            if self.cluster_pair_prob > 0 and self.clusters is not None and rng.random() < self.cluster_pair_prob:
+            if (
+                self.cluster_pair_prob > 0
+                and self.clusters is not None
+                and slot not in seconds
+                and rng.random() < self.cluster_pair_prob
+            ):
                 members = self._members.get(int(self.clusters[doc]))
                 if members is not None:
                     other_doc = int(members[int(rng.integers(len(members)))])

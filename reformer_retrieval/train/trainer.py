@@ -33,10 +33,10 @@ import torch
 
 from reformer_retrieval import __version__
 from reformer_retrieval.atomic import atomic_write_text
-from reformer_retrieval.checkpoint import load_model, save_model
+from reformer_retrieval.checkpoint import load_model, load_tokenizer, save_model
 from reformer_retrieval.model.encoder import ReformerEncoder
 from reformer_retrieval.tokenizer import ByteTokenizer
-from reformer_retrieval.train.config import RUNTIME_FIELDS, TrainConfig
+from reformer_retrieval.train.config import BPE_FIELDS, RUNTIME_FIELDS, TrainConfig
 from reformer_retrieval.train.data import (
     BatchBuilder,
     Corpus,
@@ -161,6 +161,8 @@ class Trainer:
         self.save_seconds = 1.0
         self.skipped_steps = 0
         self._pool: Any = None
+        self.initial_model: dict[str, str] | None = None
+        self._resume_dir: Path | None = None
 
     # ------------------------------------------------------------------ budget
     def elapsed(self) -> float:
@@ -226,9 +228,71 @@ class Trainer:
 
     def _build_model(self) -> None:
         cfg = self.config
+        if cfg.init_from is not None:
+            self._load_initial_model(Path(cfg.init_from))
+            return
+        model_config = cfg.model_config()
+        self.tokenizer = self._make_tokenizer(model_config.max_len)
+        if self.tokenizer.vocab_size != model_config.vocab_size:
+            if "vocab_size" in cfg.model:
+                raise TrainError(
+                    f"model vocab_size {model_config.vocab_size} does not match the tokenizer's "
+                    f"{self.tokenizer.vocab_size} (leave it out: it follows the tokenizer)"
+                )
+            model_config = model_config.replace(vocab_size=self.tokenizer.vocab_size)
         with _seeded_torch(_seed_of(cfg.seed, 1), torch.device("cpu"), True):
-            self.model = ReformerEncoder(cfg.model_config())
-        self.tokenizer = ByteTokenizer(max_len=self.model.config.max_len, **cfg.tokenizer)
+            self.model = ReformerEncoder(model_config)
+
+    def _make_tokenizer(self, max_len: int) -> ByteTokenizer:
+        """The run's tokenizer: bytes, or a BPE vocabulary trained on a seeded sample of the training split
+        (read back from the checkpoint when resuming, so a resumed run keeps its vocabulary)."""
+        cfg = self.config
+        settings = {k: v for k, v in cfg.tokenizer.items() if k not in BPE_FIELDS}
+        if cfg.tokenizer.get("kind", "bytes") == "bytes":
+            return ByteTokenizer(max_len=max_len, **settings)
+        if self._resume_dir is not None:
+            return load_tokenizer(self._resume_dir)
+        from reformer_retrieval.tokenizer_bpe import train_bpe
+
+        t = time.perf_counter()
+        budget = int(cfg.tokenizer.get("train_bytes", 8_000_000))
+        order = np.random.default_rng([cfg.seed, 0xB9E]).permutation(self.train_idx)
+        sample: list[str] = []
+        total = 0
+        for i in order.tolist():
+            text = self.corpus.texts[i][:50_000]  # many documents rather than a few long ones
+            sample.append(text)
+            total += len(text.encode("utf-8"))
+            if total >= budget:
+                break
+        tok = train_bpe(sample, int(cfg.tokenizer["vocab_size"]), max_len=max_len, **settings)
+        self.log(
+            f"BPE vocabulary: {tok.vocab_size:,} ids trained on {len(sample)} documents ({total:,} bytes) in "
+            f"{time.perf_counter() - t:.0f} s; {tok.bytes_per_token:.2f} bytes per token"
+        )
+        return tok
+
+    def _load_initial_model(self, directory: Path) -> None:
+        """Start from a saved model's weights (``init_from``), after checking the config agrees with it."""
+        cfg = self.config
+        try:
+            self.model = load_model(directory, map_location="cpu")
+            self.tokenizer = load_tokenizer(directory)
+        except (OSError, ValueError, KeyError) as exc:
+            raise TrainError(f"init_from {str(directory)!r}: cannot load a model there ({exc})") from exc
+        loaded = self.model.config
+        wanted = loaded.replace(**cfg.model) if cfg.model else loaded
+        differ = sorted(k for k, v in dataclasses.asdict(wanted).items() if dataclasses.asdict(loaded)[k] != v)
+        if differ:
+            raise TrainError(f"init_from {str(directory)!r}: its model differs from the config's in {differ}")
+        settings = {k: v for k, v in cfg.tokenizer.items() if k not in BPE_FIELDS}
+        given = {"kind": cfg.tokenizer.get("kind", "bytes"), **ByteTokenizer(**settings).to_dict()}
+        have = {**self.tokenizer.to_dict(), "kind": self.tokenizer.kind}
+        differ = sorted(k for k in given if k != "max_len" and given[k] != have.get(k))
+        if differ:
+            raise TrainError(f"init_from {str(directory)!r}: its tokenizer differs from the config's in {differ}")
+        self.initial_model = {"path": str(directory), "model_id": self.model.model_id}
+        self.log(f"initial weights: model {self.model.model_id} from {directory}")
 
     def _make_builder(self) -> BatchBuilder:
         cfg = self.config
@@ -251,6 +315,7 @@ class Trainer:
             containment_prob=cfg.containment_prob,
             clusters=clusters,
             cluster_pair_prob=cfg.cluster_pair_prob,
+            same_doc_negatives=cfg.same_doc_negatives,
         )
 
     def _make_val_sets(self) -> None:
@@ -612,6 +677,7 @@ class Trainer:
             "train_seconds": round(self.train_seconds, 1),
             "hardware": _hardware(self.device),
             "seed": cfg.seed,
+            "init_from": self.initial_model,
             "validation": self.history[-1] if self.history else None,
             "validation_history": self.history,
             "calibration": self.calibration or None,
@@ -652,6 +718,7 @@ class Trainer:
                 same schedule). None trains to the end of the schedule.
         """
         start_step, ckpt_dir = self._prepare_output()
+        self._resume_dir = ckpt_dir
         cfg = self.config
         self._load_data()
         self.file_records = [_file_record(f) for f in self.corpus.files]

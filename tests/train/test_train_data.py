@@ -120,3 +120,39 @@ def test_cluster_positives_use_cluster_labels(corpus_dir: Path) -> None:
     clusters = np.arange(len(texts)) // 2  # pairs of documents share a cluster
     batch = _builder(texts, clusters=clusters, cluster_pair_prob=1.0).build(2)
     assert np.array_equal(batch.labels, clusters[batch.doc_index])
+
+
+def test_hard_negatives_are_disjoint_windows_of_a_batch_document_under_their_own_label() -> None:
+    rng = np.random.default_rng(0)
+    # Long documents of distinct random words: any two windows of one document share no long word run.
+    vocab = [f"w{i:05d}" for i in range(20_000)]
+    texts = [" ".join(rng.choice(vocab, size=400, replace=False)) for _ in range(12)]
+    n_bytes = np.array([len(t.encode()) for t in texts])
+    builder = BatchBuilder(
+        texts, n_bytes, np.arange(len(texts)), [CurriculumPhase(1.0, 512, 8)], 10, ByteTokenizer(max_len=1024),
+        PRESETS["near_duplicate"], seed=3, max_len=1024, pad_multiple=16, strength=0.0, containment_prob=0.0,
+        same_doc_negatives=0.5,
+    )
+    batch = builder.build(1)
+    docs = batch.doc_index.tolist()
+    repeated = [d for d in set(docs) if docs.count(d) == 2]
+    assert len(repeated) == 4 and len(set(batch.labels.tolist())) == len(docs)  # 4 hosts, every label unique
+    tok = ByteTokenizer(max_len=1024)
+    for d in repeated:
+        s1, s2 = (i for i, x in enumerate(docs) if x == d)
+        a1 = tok.decode(batch.views_a[s1].astype(np.int64)).split()
+        a2 = tok.decode(batch.views_a[s2].astype(np.int64)).split()
+        inner1, inner2 = set(a1[1:-1]), set(a2[1:-1])  # window edges may cut a word
+        assert inner1 and inner2 and not inner1 & inner2
+        assert inner1 <= set(texts[d].split()) and inner2 <= set(texts[d].split())
+    # Off by default, and the same batches as before the option existed.
+    plain = BatchBuilder(
+        texts, n_bytes, np.arange(len(texts)), [CurriculumPhase(1.0, 512, 8)], 10, ByteTokenizer(max_len=1024),
+        PRESETS["near_duplicate"], seed=3, max_len=1024, pad_multiple=16, strength=0.0,
+    ).build(1)
+    assert len(set(plain.doc_index.tolist())) == 8
+    with pytest.raises(ValueError, match="same_doc_negatives"):
+        BatchBuilder(
+            texts, n_bytes, np.arange(len(texts)), [CurriculumPhase(1.0, 512, 8)], 10, ByteTokenizer(),
+            PRESETS["near_duplicate"], seed=3, max_len=1024, pad_multiple=16, same_doc_negatives=0.75,
+        )

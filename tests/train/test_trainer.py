@@ -202,3 +202,27 @@ def test_train_config_json_round_trip_and_errors(tmp_path: Path, tiny_train_conf
     for name in ("configs/smoke.json", "configs/default_model.json"):
         shipped = Path(__file__).resolve().parents[2] / name
         assert TrainConfig.from_json(shipped).steps >= 1
+
+
+def test_init_from_starts_at_a_saved_model_and_checks_it_matches(
+    corpus_dir: Path, tmp_path: Path, tiny_train_config: TrainConfig
+) -> None:
+    base = tiny_train_config.replace(steps=2, val_docs=0)
+    first = Trainer(base, corpus_dir, tmp_path / "first")
+    first.run()
+    start_id = first.model.model_id
+
+    tuned = base.replace(init_from=str(tmp_path / "first"), model={}, seed=9)
+    paused = Trainer(tuned, corpus_dir, tmp_path / "paused")
+    paused.run(stop_at=0)  # no step taken: the saved model is the initial one, not a fresh random one
+    assert ReformerEncoder.from_pretrained(tmp_path / "paused").model_id == start_id
+
+    record = Trainer(tuned, corpus_dir, tmp_path / "tuned").run()
+    assert record["init_from"] == {"path": str(tmp_path / "first"), "model_id": start_id}
+    assert record["model_id"] != start_id  # the two steps moved the weights
+
+    wrong = base.replace(init_from=str(tmp_path / "first"), model={**base.model, "d_model": 48})
+    with pytest.raises(TrainError, match=r"differs from the config's in \['d_model'"):
+        Trainer(wrong, corpus_dir, tmp_path / "wrong").run()
+    with pytest.raises(TrainError, match="cannot load a model"):
+        Trainer(base.replace(init_from=str(tmp_path / "nowhere")), corpus_dir, tmp_path / "none").run()
