@@ -36,8 +36,12 @@ _WORD = re.compile(r"\w+")
 
 
 def _grid(spec: str) -> list[float]:
-    start, stop, step = (float(x) for x in spec.split(":"))
-    return [round(start + i * step, 6) for i in range(round((stop - start) / step) + 1)]
+    """Thresholds of ``START:STOP:STEP[,START:STOP:STEP...]`` (several ranges: coarse, then fine near 1)."""
+    values: set[float] = set()
+    for part in spec.split(","):
+        start, stop, step = (float(x) for x in part.split(":"))
+        values.update(round(start + i * step, 6) for i in range(round((stop - start) / step) + 1))
+    return sorted(values)
 
 
 def load(path: str, id_column: str, text_column: str, label_column: str, noise: str | None, strength: float,
@@ -160,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="first N rows only (smoke runs)")
     p.add_argument("--jaccard-grid", default="0.05:0.9:0.05", help="START:STOP:STEP of Jaccard thresholds")
-    p.add_argument("--cosine-grid", default="0.5:0.995:0.005", help="START:STOP:STEP of cosine thresholds")
+    p.add_argument("--cosine-grid", default="0.5:0.99:0.01,0.99:0.9999:0.0003",
+                   help="START:STOP:STEP[,...] of cosine thresholds (default: coarse, then fine above 0.99)")
     p.add_argument("--minhash-threshold", type=float, default=None,
                    help="Jaccard side of hybrid (default: the best of our MinHash sweep, else the library default)")
     p.add_argument("--shingle", default="word", choices=["word", "char"], help="our MinHash shingle unit [word]")

@@ -8,14 +8,12 @@ import torch
 from reformer_retrieval import ReformerConfig
 
 
-@pytest.fixture(autouse=True)
-def _single_thread():
-    """Run each test on one intra-op thread: the tensors here are tiny, and on a shared 2-core machine
-    OpenMP threads spinning against other processes make small ops up to 100x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+@pytest.fixture(autouse=True, scope="module")
+def _single_thread(one_thread):
+    """Every encoder test runs on one intra-op thread (the root conftest's `one_thread`): the tensors here
+    are tiny, and on a shared 2-core machine OpenMP threads spinning against other processes make small ops
+    up to 100x slower."""
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

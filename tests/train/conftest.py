@@ -96,12 +96,7 @@ def tiny_train_config() -> TrainConfig:
     )
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny models run fastest single-threaded, and the test machine is shared: use one intra-op thread."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread(one_thread):
+    """Every training test runs on one intra-op thread (the root conftest's `one_thread`)."""
     yield
-    torch.set_num_threads(before)
