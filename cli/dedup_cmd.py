@@ -23,8 +23,8 @@ INPUT is a corpus (id + text columns; encoded with --model, the embeddings kept 
 OUT_DIR/embeddings.parquet) or an embeddings file. Every candidate pair is verified exactly (cosine
 on the vectors, Jaccard on word 2-gram shingles) before clustering. Writes OUT_DIR/clusters.parquet
 (every id, singletons included), OUT_DIR/pairs.parquet and OUT_DIR/summary.json.
-Default thresholds: cosine from the model's training.json "dedup_threshold" (else the library
-default), Jaccard 0.2 on word 2-grams (chosen on the wiki_versions dev set; see the README).
+Default thresholds: cosine from the model's training.json "dedup_threshold" ("hybrid_dedup_threshold"
+for --method hybrid; else the library default), Jaccard 0.2 on word 2-grams (chosen on the wiki_versions dev set; see the README).
 """
 
 

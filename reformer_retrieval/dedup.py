@@ -65,8 +65,9 @@ KEEP_POLICIES = ("longest", "first", "central")
 
 #: Cosine threshold of ``method="embedding"`` when neither the caller nor the model's training.json gives
 #: one (a model trained by someone else). Thresholds are a property of a model, so each trained model
-#: ships its own as training.json["dedup_threshold"] (read by `default_threshold`): the bundled default's
-#: is its best pairwise-F1 cosine on ../shared/data/dev/wiki_versions (benchmarks/model_quality.py).
+#: ships its own as training.json["dedup_threshold"] (and "hybrid_dedup_threshold"; read by
+#: `default_threshold`): the bundled default's are chosen on ../shared/data/dev/wiki_versions with
+#: benchmarks/dedup_quality.py (best ARI of the clustered output; for hybrid, precision first).
 DEFAULT_EMBEDDING_THRESHOLD = 0.95
 
 #: MinHash defaults of ``method="minhash"`` and of the lexical half of ``"hybrid"``: Jaccard >= 0.2 on
@@ -87,9 +88,10 @@ DEFAULT_KNN = 32
 def default_threshold(method: str, model_dir: str | Path | None = None) -> float:
     """The threshold used when none is given.
 
-    ``"embedding"`` and ``"hybrid"``: ``training.json["dedup_threshold"]`` of ``model_dir`` (default:
-    the bundled model) if present, else `DEFAULT_EMBEDDING_THRESHOLD`; ``"minhash"``:
-    `DEFAULT_MINHASH_THRESHOLD`.
+    ``"embedding"``: ``training.json["dedup_threshold"]`` of ``model_dir`` (default: the bundled model) if
+    present, else `DEFAULT_EMBEDDING_THRESHOLD`. ``"hybrid"``: its ``"hybrid_dedup_threshold"`` if present
+    (a cosine edge there is added to the lexical ones, so it is set for precision, usually higher), else the
+    same as ``"embedding"``. ``"minhash"``: `DEFAULT_MINHASH_THRESHOLD`.
     """
     if method not in METHODS:
         raise ValueError(f"unknown dedup method {method!r}; choose one of {', '.join(METHODS)}")
@@ -100,11 +102,13 @@ def default_threshold(method: str, model_dir: str | Path | None = None) -> float
 
     training = read_training(DEFAULT_MODEL_DIR if model_dir is None else model_dir)
     value = training.get("dedup_threshold")
+    if method == "hybrid" and training.get("hybrid_dedup_threshold") is not None:
+        value = training["hybrid_dedup_threshold"]
     if value is None:
         return DEFAULT_EMBEDDING_THRESHOLD
     value = float(value)
     if not -1.0 <= value <= 1.0:
-        raise ValueError(f"training.json of {model_dir or DEFAULT_MODEL_DIR} has dedup_threshold={value}, not in [-1, 1]")
+        raise ValueError(f"training.json of {model_dir or DEFAULT_MODEL_DIR} has a {method} threshold {value}, not in [-1, 1]")
     return value
 
 
@@ -393,7 +397,7 @@ def find_duplicates(
         raise ValueError(f"method {method!r} needs the texts")
     if texts is not None and len(texts) != n:
         raise ValueError(f"{len(texts)} texts for {n} ids")
-    emb_t = (threshold if threshold is not None else default_threshold("embedding", model_dir)) if use_emb else None
+    emb_t = (threshold if threshold is not None else default_threshold(method, model_dir)) if use_emb else None
     if method == "minhash":
         lex_t = threshold if threshold is not None else DEFAULT_MINHASH_THRESHOLD
     elif method == "hybrid":

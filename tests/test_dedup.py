@@ -160,6 +160,9 @@ def test_default_thresholds(tmp_path):
     (model_dir / "training.json").write_text(json.dumps({"dedup_threshold": 0.87}))
     assert default_threshold("embedding", model_dir) == 0.87
     assert default_threshold("hybrid", model_dir) == 0.87
+    (model_dir / "training.json").write_text(json.dumps({"dedup_threshold": 0.87, "hybrid_dedup_threshold": 0.95}))
+    assert default_threshold("embedding", model_dir) == 0.87
+    assert default_threshold("hybrid", model_dir) == 0.95
     with pytest.raises(ValueError, match="unknown dedup method"):
         default_threshold("fuzzy")
 
@@ -226,3 +229,15 @@ def test_tiny_inputs(tmp_path, n):
     assert res.summary["documents"] == n and res.summary["clusters"] == n and res.clusters() == []
     paths = res.write(tmp_path / "o")
     assert pq.read_table(paths["clusters"]).num_rows == n and pq.read_table(paths["pairs"]).num_rows == 0
+
+
+def test_hybrid_takes_the_models_hybrid_threshold(tmp_path):
+    x, _ = _planted(60)
+    texts = [f"text number {i} about nothing in particular" for i in range(60)]
+    model_dir = tmp_path / "m"
+    model_dir.mkdir()
+    (model_dir / "training.json").write_text(json.dumps({"dedup_threshold": 0.5, "hybrid_dedup_threshold": 0.93}))
+    hybrid = find_duplicates(list(range(60)), vectors=x, texts=texts, method="hybrid", model_dir=model_dir)
+    embedding = find_duplicates(list(range(60)), vectors=x, method="embedding", model_dir=model_dir)
+    assert hybrid.summary["thresholds"]["cosine"] == 0.93
+    assert embedding.summary["thresholds"]["cosine"] == 0.5
