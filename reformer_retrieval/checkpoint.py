@@ -38,7 +38,10 @@ def save_model(
     model_id = model.model_id
     with atomic_path(directory / WEIGHTS_FILE) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt", "model_id": model_id})
-    (tokenizer or ByteTokenizer(max_len=model.config.max_len)).save(directory)
+    tokenizer = tokenizer or ByteTokenizer(max_len=model.config.max_len)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(f"tokenizer has {tokenizer.vocab_size} ids, model vocab_size is {model.config.vocab_size}")
+    tokenizer.save(directory)
     if training is not None:
         atomic_write_text(directory / TRAINING_FILE, json.dumps(training, indent=2, sort_keys=True))
     # config.json last: a directory with a config is a complete one.

@@ -309,6 +309,11 @@ class Encoder:
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         self.tokenizer = tokenizer if tokenizer is not None else ByteTokenizer(max_len=model.config.max_len)
+        if self.tokenizer.vocab_size != model.config.vocab_size:
+            raise ValueError(
+                f"the tokenizer has {self.tokenizer.vocab_size} ids but the model {model.config.vocab_size}: pass the "
+                "model's own tokenizer (Encoder.load(directory) reads it from the model directory)"
+            )
         self.max_tokens = int(min(max_tokens, model.config.max_len))
         self.long_docs: LongDocs = long_docs
         overlap = self.max_tokens // 8 if window_overlap is None else int(window_overlap)

@@ -93,3 +93,16 @@ def test_a_tiny_model_trains_and_encodes_with_a_bpe_vocabulary(tmp_path: Path) -
     assert encoder.model.config.vocab_size == tok.vocab_size
     emb = encoder.encode(texts[:3])
     assert emb.shape == (3, 16) and np.isfinite(emb).all()
+
+
+def test_a_bpe_model_refuses_the_byte_tokenizer(bpe: BPETokenizer) -> None:
+    from reformer_retrieval import ReformerConfig, ReformerEncoder
+    from reformer_retrieval.encode import Encoder
+
+    model = ReformerEncoder(ReformerConfig(
+        vocab_size=bpe.vocab_size, d_model=32, n_layers=2, n_heads=2, d_ff=64, embedding_dim=16, chunk_size=16,
+        max_len=256, axial_pos_shape=(16, 16),
+    ))
+    with pytest.raises(ValueError, match="pass the model's own tokenizer"):
+        Encoder(model)
+    assert Encoder(model, bpe).encode(["the mill"]).shape == (1, 16)
