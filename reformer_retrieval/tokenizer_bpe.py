@@ -89,7 +89,7 @@ class BPETokenizer(ByteTokenizer):
         return {
             **super().to_dict(),
             "vocab_size": self.vocab_size,
-            "bytes_per_token": round(self.bytes_per_token, 4),
+            "bytes_per_token": self.bytes_per_token,  # unrounded: training windows depend on it (exact resume)
             "vocabulary_file": BPE_FILE,
         }
 

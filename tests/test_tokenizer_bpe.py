@@ -58,6 +58,7 @@ def test_bpe_saves_as_json_and_loads_through_load_tokenizer(bpe: BPETokenizer, t
     assert isinstance(loaded, BPETokenizer)
     text = _texts(1, seed=5)[0]
     assert loaded.encode(text)[0].tolist() == bpe.encode(text)[0].tolist()
+    assert loaded.bytes_per_token == bpe.bytes_per_token  # exact: training windows (and resume) depend on it
     (tmp_path / "bpe.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"bpe\.json"):
         load_tokenizer(tmp_path)
@@ -93,6 +94,26 @@ def test_a_tiny_model_trains_and_encodes_with_a_bpe_vocabulary(tmp_path: Path) -
     assert encoder.model.config.vocab_size == tok.vocab_size
     emb = encoder.encode(texts[:3])
     assert emb.shape == (3, 16) and np.isfinite(emb).all()
+
+    # fine-tuning the BPE model: the config must name the same tokenizer
+    from reformer_retrieval.train import TrainError
+
+    tuned = cfg.replace(init_from=str(tmp_path / "run"), model={})  # the same config: vocab_size 320 asked, 315 made
+    assert Trainer(tuned, corpus, tmp_path / "tuned").run()["init_from"]["model_id"] == record["model_id"]
+    as_bytes = tuned.replace(tokenizer={"lowercase": True, "collapse_whitespace": True})
+    with pytest.raises(TrainError, match=r"tokenizer differs from the config's in \['kind'"):
+        Trainer(as_bytes, corpus, tmp_path / "as_bytes").run()
+
+
+def test_train_config_checks_the_bpe_keys() -> None:
+    from reformer_retrieval.train import TrainConfig
+
+    with pytest.raises(ValueError, match="'bpe' only"):
+        TrainConfig(tokenizer={"vocab_size": 1000})
+    with pytest.raises(ValueError, match="train_bytes must be a positive integer"):
+        TrainConfig(tokenizer={"kind": "bpe", "vocab_size": 1000, "train_bytes": 0})
+    with pytest.raises(ValueError, match="needs an integer vocab_size"):
+        TrainConfig(tokenizer={"kind": "bpe"})
 
 
 def test_a_bpe_model_refuses_the_byte_tokenizer(bpe: BPETokenizer) -> None:

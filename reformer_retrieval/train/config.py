@@ -200,6 +200,11 @@ class TrainConfig:
             self._fail("tokenizer", f"kind must be 'bytes' or 'bpe', got {kind!r}")
         if kind == "bpe" and not (isinstance(self.tokenizer.get("vocab_size"), int) and self.tokenizer["vocab_size"] > 260):
             self._fail("tokenizer", "a 'bpe' tokenizer needs an integer vocab_size > 260")
+        if kind == "bytes" and BPE_FIELDS & (set(self.tokenizer) - {"kind"}):
+            self._fail("tokenizer", "vocab_size and train_bytes apply to 'kind': 'bpe' only")
+        train_bytes = self.tokenizer.get("train_bytes", 8_000_000)
+        if not isinstance(train_bytes, int) or train_bytes <= 0:
+            self._fail("tokenizer", f"train_bytes must be a positive integer, got {train_bytes!r}")
         try:
             TokenizerConfig(**{**settings, "max_len": max_len})
         except TypeError as exc:

@@ -263,7 +263,9 @@ class BatchBuilder:
     Hard negatives (``same_doc_negatives`` > 0): that fraction of the batch's slots holds a second window
     of another slot's document, disjoint from that slot's window, under its own label. Two passages of one
     book share language, style and topic but not text, so the model must match text, not genre: the case
-    of two articles of one site, or of documents that share a prefix.
+    of two articles of one site, or of documents that share a prefix. With a cluster column, a second window
+    counts as a negative of the host's whole cluster (a member that overlaps it would be a false negative:
+    keep ``same_doc_negatives`` low there).
 
     Args:
         texts: Every document's text (indexed by corpus index).

@@ -286,7 +286,9 @@ class Trainer:
         if differ:
             raise TrainError(f"init_from {str(directory)!r}: its model differs from the config's in {differ}")
         settings = {k: v for k, v in cfg.tokenizer.items() if k not in BPE_FIELDS}
-        given = {"kind": cfg.tokenizer.get("kind", "bytes"), **ByteTokenizer(**settings).to_dict()}
+        # kind and normalisation must agree; the vocabulary itself is the loaded one (a BPE config's
+        # vocab_size is the size asked of a new vocabulary, which a small corpus may not reach)
+        given = {**ByteTokenizer(**settings).to_dict(), "kind": cfg.tokenizer.get("kind", "bytes")}
         have = {**self.tokenizer.to_dict(), "kind": self.tokenizer.kind}
         differ = sorted(k for k in given if k != "max_len" and given[k] != have.get(k))
         if differ:
