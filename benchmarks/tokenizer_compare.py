@@ -72,20 +72,15 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import pyarrow.parquet as pq
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     from reformer_retrieval import ByteTokenizer
+    from reformer_retrieval.tokenizer_bpe import train_bpe
     from reformer_retrieval.train.augment import augment
 
-    byte_tok = ByteTokenizer(normalization="NFKC", lowercase=True, collapse_whitespace=True)
+    settings = {"normalization": "NFKC", "lowercase": True, "collapse_whitespace": True}
+    byte_tok = ByteTokenizer(**settings)
     t0 = time.perf_counter()
-    sample = [byte_tok.normalize(t) for t in _sample_texts(args.corpus, args.train_bytes, args.seed)]
-    bpe = Tokenizer(models.BPE())
-    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    trainer = trainers.BpeTrainer(
-        vocab_size=args.vocab, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
-    )
-    bpe.train_from_iterator(sample, trainer=trainer)
+    bpe = train_bpe(_sample_texts(args.corpus, args.train_bytes, args.seed), args.vocab, **settings).backend
     train_s = time.perf_counter() - t0
 
     texts = pq.read_table(args.labelled, columns=[args.text_column]).column(args.text_column).to_pylist()
@@ -100,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         return [list(t.encode("utf-8")) for t in batch]
 
     def encode_bpe(batch: list[str]) -> list[list[int]]:
-        return [e.ids for e in bpe.encode_batch(batch)]
+        return [e.ids for e in bpe.encode_batch(batch, add_special_tokens=False)]
 
     rows: list[dict[str, Any]] = []
     encoded = {name: (fn(clean), fn(noisy)) for name, fn in (("bytes", encode_bytes), ("bpe", encode_bpe))}

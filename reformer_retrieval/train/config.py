@@ -18,6 +18,9 @@ __all__ = ["BPE_FIELDS", "RUNTIME_FIELDS", "TrainConfig"]
 BPE_FIELDS = frozenset({"kind", "vocab_size", "train_bytes"})
 """Keys of ``TrainConfig.tokenizer`` that choose and size the vocabulary (the rest are normalisation settings)."""
 
+BPE_TRAIN_BYTES = 8_000_000
+"""Default size of the corpus sample a BPE vocabulary is trained on."""
+
 RUNTIME_FIELDS = frozenset(
     {"max_minutes", "device", "num_workers", "prefetch", "checkpoint_every", "log_every", "eval_every", "progress"}
 )
@@ -194,23 +197,36 @@ class TrainConfig:
             self._fail("device", "must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
         from reformer_retrieval.tokenizer import TokenizerConfig
 
-        settings = {k: v for k, v in self.tokenizer.items() if k not in BPE_FIELDS}
-        kind = self.tokenizer.get("kind", "bytes")
+        kind = self.tokenizer_kind
         if kind not in ("bytes", "bpe"):
             self._fail("tokenizer", f"kind must be 'bytes' or 'bpe', got {kind!r}")
         if kind == "bpe" and not (isinstance(self.tokenizer.get("vocab_size"), int) and self.tokenizer["vocab_size"] > 260):
             self._fail("tokenizer", "a 'bpe' tokenizer needs an integer vocab_size > 260")
         if kind == "bytes" and BPE_FIELDS & (set(self.tokenizer) - {"kind"}):
             self._fail("tokenizer", "vocab_size and train_bytes apply to 'kind': 'bpe' only")
-        train_bytes = self.tokenizer.get("train_bytes", 8_000_000)
+        train_bytes = self.bpe_train_bytes
         if not isinstance(train_bytes, int) or train_bytes <= 0:
             self._fail("tokenizer", f"train_bytes must be a positive integer, got {train_bytes!r}")
         try:
-            TokenizerConfig(**{**settings, "max_len": max_len})
+            TokenizerConfig(**{**self.tokenizer_settings(), "max_len": max_len})
         except TypeError as exc:
             raise ValueError(f"TrainConfig.tokenizer: {exc}") from exc
 
     # ------------------------------------------------------------------ derived objects
+    @property
+    def tokenizer_kind(self) -> str:
+        """``"bytes"`` (the default) or ``"bpe"``."""
+        return self.tokenizer.get("kind", "bytes")
+
+    @property
+    def bpe_train_bytes(self) -> int:
+        """Size of the corpus sample a BPE vocabulary is trained on."""
+        return self.tokenizer.get("train_bytes", BPE_TRAIN_BYTES)
+
+    def tokenizer_settings(self) -> dict[str, Any]:
+        """The normalisation settings of ``tokenizer`` (`ByteTokenizer` / `BPETokenizer` keyword arguments)."""
+        return {k: v for k, v in self.tokenizer.items() if k not in BPE_FIELDS}
+
     def model_config(self) -> ReformerConfig:
         """The `ReformerConfig` of the model to train."""
         return ReformerConfig.from_dict(dict(self.model))

@@ -36,7 +36,7 @@ from reformer_retrieval.atomic import atomic_write_text
 from reformer_retrieval.checkpoint import load_model, load_tokenizer, save_model
 from reformer_retrieval.model.encoder import ReformerEncoder
 from reformer_retrieval.tokenizer import ByteTokenizer
-from reformer_retrieval.train.config import BPE_FIELDS, RUNTIME_FIELDS, TrainConfig
+from reformer_retrieval.train.config import RUNTIME_FIELDS, TrainConfig
 from reformer_retrieval.train.data import (
     BatchBuilder,
     Corpus,
@@ -247,15 +247,15 @@ class Trainer:
         """The run's tokenizer: bytes, or a BPE vocabulary trained on a seeded sample of the training split
         (read back from the checkpoint when resuming, so a resumed run keeps its vocabulary)."""
         cfg = self.config
-        settings = {k: v for k, v in cfg.tokenizer.items() if k not in BPE_FIELDS}
-        if cfg.tokenizer.get("kind", "bytes") == "bytes":
+        settings = cfg.tokenizer_settings()
+        if cfg.tokenizer_kind == "bytes":
             return ByteTokenizer(max_len=max_len, **settings)
         if self._resume_dir is not None:
             return load_tokenizer(self._resume_dir)
         from reformer_retrieval.tokenizer_bpe import train_bpe
 
         t = time.perf_counter()
-        budget = int(cfg.tokenizer.get("train_bytes", 8_000_000))
+        budget = cfg.bpe_train_bytes
         order = np.random.default_rng([cfg.seed, 0xB9E]).permutation(self.train_idx)
         sample: list[str] = []
         total = 0
@@ -280,15 +280,14 @@ class Trainer:
             self.tokenizer = load_tokenizer(directory)
         except (OSError, ValueError, KeyError) as exc:
             raise TrainError(f"init_from {str(directory)!r}: cannot load a model there ({exc})") from exc
-        loaded = self.model.config
-        wanted = loaded.replace(**cfg.model) if cfg.model else loaded
-        differ = sorted(k for k, v in dataclasses.asdict(wanted).items() if dataclasses.asdict(loaded)[k] != v)
+        loaded = dataclasses.asdict(self.model.config)
+        wanted = dataclasses.asdict(self.model.config.replace(**cfg.model))
+        differ = sorted(k for k, v in wanted.items() if loaded[k] != v)
         if differ:
             raise TrainError(f"init_from {str(directory)!r}: its model differs from the config's in {differ}")
-        settings = {k: v for k, v in cfg.tokenizer.items() if k not in BPE_FIELDS}
         # kind and normalisation must agree; the vocabulary itself is the loaded one (a BPE config's
         # vocab_size is the size asked of a new vocabulary, which a small corpus may not reach)
-        given = {**ByteTokenizer(**settings).to_dict(), "kind": cfg.tokenizer.get("kind", "bytes")}
+        given = {**ByteTokenizer(**cfg.tokenizer_settings()).to_dict(), "kind": cfg.tokenizer_kind}
         have = {**self.tokenizer.to_dict(), "kind": self.tokenizer.kind}
         differ = sorted(k for k in given if k != "max_len" and given[k] != have.get(k))
         if differ:
@@ -500,7 +499,8 @@ class Trainer:
     def _synthetic_batch(self, phase_index: int, n_docs: int) -> PairBatch:
         phase = self.config.curriculum[phase_index]
         gen = np.random.default_rng([self.config.seed, 0xCA11B, phase_index])
-        views = [gen.integers(4, 260, size=phase.max_tokens).astype(np.int16) for _ in range(n_docs)]
+        vocab = self.tokenizer.vocab_size  # random ids of the run's own vocabulary (bytes or BPE)
+        views = [gen.integers(4, vocab, size=phase.max_tokens).astype(np.int32) for _ in range(n_docs)]
         room = self.model.config.max_len - phase.max_tokens
         shift = room // 2 if phase.position_offset_prob > 0 and room > 0 else 0
         offsets = np.full(n_docs, shift, dtype=np.int64)  # exercise the offset path if the phase uses it
