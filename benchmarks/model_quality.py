@@ -10,7 +10,8 @@ documents in the file (or in the ``--max-clusters`` subset) is scored by
 
 twice: on the clean texts and on an OCR-noised copy made with ``augment(text, strength, seed=(noise_seed,
 row), preset="ocr")`` (each document noised independently). The table gives ROC-AUC and the best F1 over all
-thresholds, and each method's ratio to MinHash on the same data.
+thresholds, and each method's ratio to MinHash on the same data. For a model with the hashed n-gram channel
+(``ngram_size``), two more rows score each channel of the same embeddings alone (an ablation; no extra encoding).
 
 Examples::
 
@@ -94,6 +95,13 @@ def _exact_jaccard(a: str, b: str) -> float:
     return len(x & y) / max(1, len(x | y))
 
 
+def _channels(config: Any) -> dict[str, slice]:
+    """Columns of each channel of a model with the hashed n-gram channel (none for a single-channel model)."""
+    if not getattr(config, "ngram_size", 0):
+        return {}
+    return {"contextual channel": slice(0, config.context_dim), "n-gram channel": slice(config.context_dim, None)}
+
+
 def _random_encoder(model_dir: Path | None, seed: int, device: str, batch_tokens: int | None) -> Any:
     import torch
 
@@ -162,6 +170,10 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             emb = encoder.encode(texts)
             results.append((f"{name} ({encoder.model_id})", emb @ emb.T, time.perf_counter() - t, encoder.model_id))
+            for part, columns in _channels(encoder.model.config).items():  # ablation: each channel alone
+                sub = emb[:, columns]
+                sub = sub / np.maximum(np.linalg.norm(sub, axis=1, keepdims=True), 1e-12)
+                results.append((f"{name}: {part} only", sub @ sub.T, 0.0, encoder.model_id))
         base = None
         for name, similarity, seconds, model_id in results:
             m = pair_metrics(similarity, data["clusters"])

@@ -17,6 +17,7 @@ from typing import Any
 __all__ = ["ReformerConfig"]
 
 _ATTENTION_KINDS = ("lsh", "local")
+_NGRAM_FIELDS = ("ngram_size", "ngram_buckets", "ngram_dim", "ngram_weight")
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,8 @@ class ReformerConfig:
         n_heads: Attention heads per layer.
         d_head: Width of one head; ``None`` means ``d_model // n_heads``.
         d_ff: Inner width of the feed-forward block.
-        embedding_dim: Width of the output embedding (the projection after pooling).
+        embedding_dim: Width of the output embedding (the projection after pooling, plus ``ngram_dim`` when
+            hashed n-grams are on).
         max_len: Longest accepted input in tokens; must fit the axial position shape.
         axial_pos_shape: Factorisation ``(n1, n2)`` of the position axis; ``n1 * n2 >= max_len``.
             Position ``p`` gets ``[E1[p // n2]; E2[p % n2]]``; shorter inputs use the prefix of the table.
@@ -61,6 +63,12 @@ class ReformerConfig:
             weights with plain autograd; state dicts load across both.
         attention_budget: Upper bound on attention-score elements computed at once (memory knob; does
             not change results).
+        ngram_size: Tokens per hashed n-gram; 0 turns the hashed n-gram channel off. When on, the embedding is
+            the contextual channel (``embedding_dim - ngram_dim`` wide) followed by an idf-weighted bag of
+            hashed n-gram vectors (``ngram_dim`` wide); see `reformer_retrieval.model.ngram_hash`.
+        ngram_buckets: Rows of the hashed n-gram tables.
+        ngram_dim: Width of the n-gram channel (less than ``embedding_dim``).
+        ngram_weight: Share of the n-gram channel in the cosine of two embeddings (in (0, 1)).
         extra: Free-form JSON-serialisable metadata carried with the config (unused by the model).
     """
 
@@ -93,6 +101,10 @@ class ReformerConfig:
     layer_norm_eps: float = 1e-12
     reversible: bool = True
     attention_budget: int = 1 << 24
+    ngram_size: int = 0
+    ngram_buckets: int = 16_384
+    ngram_dim: int = 128
+    ngram_weight: float = 0.5
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -110,6 +122,11 @@ class ReformerConfig:
     def head_dim(self) -> int:
         """Width of one attention head."""
         return self.d_head if self.d_head is not None else self.d_model // self.n_heads
+
+    @property
+    def context_dim(self) -> int:
+        """Width of the contextual channel (the projection after pooling)."""
+        return self.embedding_dim - self.ngram_dim if self.ngram_size else self.embedding_dim
 
     @property
     def layer_kinds(self) -> tuple[str, ...]:
@@ -206,14 +223,31 @@ class ReformerConfig:
                 self._fail(name, "must be > 0")
         if not isinstance(self.reversible, bool):
             self._fail("reversible", "must be a bool")
+        if not isinstance(self.ngram_size, int) or isinstance(self.ngram_size, bool) or self.ngram_size < 0:
+            self._fail("ngram_size", "must be a non-negative integer (0 = off)")
+        for name in ("ngram_buckets", "ngram_dim"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                self._fail(name, "must be a positive integer")
+        if self.ngram_size and self.ngram_dim >= self.embedding_dim:
+            self._fail("ngram_dim", f"must be less than embedding_dim={self.embedding_dim} (the rest is the contextual channel)")
+        if not 0.0 < self.ngram_weight < 1.0:
+            self._fail("ngram_weight", "must lie in (0, 1)")
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
-        """Plain-JSON dictionary of every field (tuples become lists)."""
+        """Plain-JSON dictionary of every field (tuples become lists).
+
+        The hashed n-gram fields are left out while n-grams are off, so a model saved before they existed
+        keeps its config text, and with it its ``model_id``.
+        """
         out = dataclasses.asdict(self)
         for key, value in out.items():
             if isinstance(value, tuple):
                 out[key] = list(value)
+        if not self.ngram_size:
+            for key in _NGRAM_FIELDS:
+                out.pop(key)
         return out
 
     def to_json(self) -> str:

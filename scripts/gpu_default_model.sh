@@ -7,7 +7,9 @@
 #   2. SMOKE=1: a 4-step smoke run of the whole training path on CUDA (bf16 autocast, gradient caching, hard
 #      negatives); if bf16 fails there, the main run goes without it and the log says so;
 #   3. the training run, $CONFIG (default configs/default_model.json; its max_minutes bounds it);
-#   4. BENCH=1 and time left: the GPU rows of benchmarks/encoder_speed.py.
+#   4. EVAL=1: the new model encodes the labelled dev set and its OCR-noised copy (.gpu/wiki_dev_ocr.parquet,
+#      made as benchmarks/model_quality.py makes it) into $OUT/emb_{clean,ocr}.parquet, for the quality table;
+#   5. BENCH=1 and time left: the GPU rows of benchmarks/encoder_speed.py.
 # DRY=1 runs the same steps on CPU with the smoke config (a check of this script on any machine).
 set -u
 OUT=${OUT:-/tmp/gpu_out}
@@ -56,6 +58,14 @@ PY
   for f in model.safetensors config.json tokenizer.json training.json train_config.json; do cp "$SRC/$f" "$OUT/model/" 2>/dev/null; done
   cp /tmp/run/metrics.jsonl "$OUT/model/" 2>/dev/null
   ls -la "$OUT/model"
+
+  if [ "${EVAL:-0}" = 1 ] && [ -f "$OUT/model/config.json" ]; then
+    for kind in clean ocr; do
+      src=$DATA/wiki_dev.parquet; [ $kind = ocr ] && src=$DATA/wiki_dev_ocr.parquet
+      log "encode $src"
+      timeout 150 reformer-retrieval encode "$src" -o "$OUT/emb_$kind.parquet" --model "$OUT/model" --device cuda -q 2>&1 | tail -4
+    done
+  fi
 
   LEFT=$(( 530 - ($(date +%s) - START) ))
   if [ "${DRY:-0}" != 1 ] && [ "${BENCH:-1}" = 1 ] && [ $LEFT -gt 45 ]; then

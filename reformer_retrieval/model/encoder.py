@@ -2,6 +2,9 @@
 
 token embedding + axial positions -> reversible stack of [shared-QK LSH (or local) attention, chunked
 feed-forward] -> LayerNorm over both streams -> masked mean over real tokens -> projection -> L2 norm.
+With hashed n-grams on (``config.ngram_size``), the embedding is the concatenation of that contextual channel,
+scaled by sqrt(1 - ngram_weight), and the hashed n-gram channel (`reformer_retrieval.model.ngram_hash`), scaled by
+sqrt(ngram_weight): a unit vector whose cosine is the weighted mean of the two channels' cosines.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from reformer_retrieval.config import ReformerConfig
 from reformer_retrieval.model.feedforward import ChunkedFeedForward
 from reformer_retrieval.model.local_attention import LocalSelfAttention
 from reformer_retrieval.model.lsh_attention import LSHSelfAttention, SequenceInfo
+from reformer_retrieval.model.ngram_hash import HashedNgrams
 from reformer_retrieval.model.positions import AxialPositionEmbedding
 from reformer_retrieval.model.reversible import ReformerLayer, ReversibleStack
 
@@ -45,6 +49,11 @@ class ReformerEncoder(nn.Module):
         self.position_embedding = AxialPositionEmbedding(
             config.axial_pos_shape, config.axial_dims, config.axial_init_std
         )
+        self.ngrams: HashedNgrams | None = None
+        if config.ngram_size:
+            self.ngrams = HashedNgrams(
+                config.ngram_size, config.ngram_buckets, config.ngram_dim, config.hash_seed, config.pad_token_id
+            )
         layers = []
         for i, kind in enumerate(config.layer_kinds):
             attention = LSHSelfAttention(config, i) if kind == "lsh" else LocalSelfAttention(config, i)
@@ -54,18 +63,20 @@ class ReformerEncoder(nn.Module):
             layers.append(ReformerLayer(attention, ff))
         self.stack = ReversibleStack(layers, reversible=config.reversible)
         self.final_norm = nn.LayerNorm(2 * config.d_model, eps=config.layer_norm_eps)
-        self.projection = nn.Linear(2 * config.d_model, config.embedding_dim)
+        self.projection = nn.Linear(2 * config.d_model, config.context_dim)
         self.pad_multiple = math.lcm(config.chunk_size, config.local_chunk)
         self._init_weights()
 
     def _init_weights(self) -> None:
         std = self.config.init_std
         for module in self.modules():
-            if isinstance(module, nn.Linear):
+            if isinstance(module, HashedNgrams):
+                module.reset_parameters()
+            elif isinstance(module, nn.Linear):
                 nn.init.normal_(module.weight, std=std)
                 if module.bias is not None:
                     nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
+            elif isinstance(module, nn.Embedding) and module is not getattr(self.ngrams, "embedding", None):
                 nn.init.normal_(module.weight, std=std)
 
     # ------------------------------------------------------------------ forward
@@ -122,6 +133,10 @@ class ReformerEncoder(nn.Module):
         pooled = (states.float() * weights).sum(dim=1) / counts.clamp(min=1.0)
         emb = self.projection(pooled.to(states.dtype)).float()
         emb = F.normalize(emb, dim=-1) * (counts > 0).float()
+        if self.ngrams is not None:
+            share = self.config.ngram_weight
+            lexical = self.ngrams(input_ids, mask)
+            emb = torch.cat([emb * math.sqrt(1.0 - share), lexical * math.sqrt(share)], dim=-1)
         if return_token_states:
             return emb, states[:, :L0]
         return emb

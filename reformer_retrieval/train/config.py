@@ -48,6 +48,11 @@ class TrainConfig:
             ``vocab_size`` (and optionally ``train_bytes``, default 8,000,000) trains a byte-level BPE
             vocabulary (`BPETokenizer`) on a seeded sample of the training split first; the model's
             ``vocab_size`` follows it.
+        ngram_idf_docs: With hashed n-grams on (``model.ngram_size``), the pooling weights of a model that does
+            not bring its own start at the idf of each n-gram bucket over this many training documents (a
+            seeded sample; each read up to ``ngram_idf_tokens`` tokens).
+        ngram_idf_tokens: Tokens read per document for that idf.
+        ngram_idf_power: The start weight is ``idf ** ngram_idf_power`` (0: plain mean pooling).
         steps: Optimizer steps of the schedule (with ``auto_steps``: the upper bound).
         auto_steps: Measure the step time of every curriculum phase on this machine first and choose the
             number of steps that fills ``max_minutes`` (evaluations and saves included).
@@ -103,6 +108,9 @@ class TrainConfig:
     tokenizer: dict[str, Any] = field(
         default_factory=lambda: {"normalization": "NFKC", "lowercase": True, "collapse_whitespace": True}
     )
+    ngram_idf_docs: int = 2000
+    ngram_idf_tokens: int = 16384
+    ngram_idf_power: float = 2.0
     steps: int = 1000
     auto_steps: bool = False
     lr: float = 1e-3
@@ -162,6 +170,11 @@ class TrainConfig:
         for name in ("val_docs", "val_long_docs", "eval_every", "checkpoint_every", "num_workers", "labelled_max_docs"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 self._fail(name, "must be a non-negative integer")
+        for name in ("ngram_idf_docs", "ngram_idf_tokens"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                self._fail(name, "must be a positive integer")
+        if self.ngram_idf_power < 0:
+            self._fail("ngram_idf_power", "must be >= 0")
         if self.lr <= 0:
             self._fail("lr", "must be > 0")
         for name in ("min_lr_ratio", "warmup", "augment_strength", "containment_prob", "cluster_pair_prob", "eval_strength"):

@@ -35,6 +35,7 @@ from reformer_retrieval import __version__
 from reformer_retrieval.atomic import atomic_write_text
 from reformer_retrieval.checkpoint import load_model, load_tokenizer, save_model
 from reformer_retrieval.model.encoder import ReformerEncoder
+from reformer_retrieval.model.ngram_hash import idf_log_weights
 from reformer_retrieval.tokenizer import ByteTokenizer
 from reformer_retrieval.train.config import RUNTIME_FIELDS, TrainConfig
 from reformer_retrieval.train.data import (
@@ -162,6 +163,7 @@ class Trainer:
         self.skipped_steps = 0
         self._pool: Any = None
         self.initial_model: dict[str, str] | None = None
+        self._ngram_weights_loaded = True
         self._resume_dir: Path | None = None
 
     # ------------------------------------------------------------------ budget
@@ -242,6 +244,7 @@ class Trainer:
             model_config = model_config.replace(vocab_size=self.tokenizer.vocab_size)
         with _seeded_torch(_seed_of(cfg.seed, 1), torch.device("cpu"), True):
             self.model = ReformerEncoder(model_config)
+        self._ngram_weights_loaded = False
 
     def _make_tokenizer(self, max_len: int) -> ByteTokenizer:
         """The run's tokenizer: bytes, or a BPE vocabulary trained on a seeded sample of the training split
@@ -280,10 +283,15 @@ class Trainer:
             self.tokenizer = load_tokenizer(directory)
         except (OSError, ValueError, KeyError) as exc:
             raise TrainError(f"init_from {str(directory)!r}: cannot load a model there ({exc})") from exc
+        self.initial_model = {"path": str(directory), "model_id": self.model.model_id}
         loaded = dataclasses.asdict(self.model.config)
         wanted = dataclasses.asdict(self.model.config.replace(**cfg.model))
         differ = sorted(k for k, v in wanted.items() if loaded[k] != v)
-        if differ:
+        ngram_keys = {"ngram_size", "ngram_buckets", "ngram_dim", "ngram_weight", "embedding_dim"}
+        graft = not loaded["ngram_size"] and wanted["ngram_size"] and set(differ) <= ngram_keys
+        if graft and self.model.config.replace(**cfg.model).context_dim == loaded["embedding_dim"]:
+            self._graft_ngrams(directory)
+        elif differ:
             raise TrainError(f"init_from {str(directory)!r}: its model differs from the config's in {differ}")
         # kind and normalisation must agree; the vocabulary itself is the loaded one (a BPE config's
         # vocab_size is the size asked of a new vocabulary, which a small corpus may not reach)
@@ -292,8 +300,37 @@ class Trainer:
         differ = sorted(k for k in given if k != "max_len" and given[k] != have.get(k))
         if differ:
             raise TrainError(f"init_from {str(directory)!r}: its tokenizer differs from the config's in {differ}")
-        self.initial_model = {"path": str(directory), "model_id": self.model.model_id}
-        self.log(f"initial weights: model {self.model.model_id} from {directory}")
+        self.log(f"initial weights: model {self.initial_model['model_id']} from {directory}")
+
+    def _graft_ngrams(self, directory: Path) -> None:
+        """Add the hashed n-gram channel to a loaded model that has none (its embedding becomes the contextual
+        channel): every loaded weight is kept, the n-gram vectors start fresh (seeded), and the n-gram weights
+        start at the idf (`_init_ngram_weights`)."""
+        cfg = self.config
+        loaded = self.model
+        with _seeded_torch(_seed_of(cfg.seed, 1), torch.device("cpu"), True):
+            self.model = ReformerEncoder(loaded.config.replace(**cfg.model))
+        missing, unexpected = self.model.load_state_dict(loaded.state_dict(), strict=False)
+        if unexpected or any(not k.startswith("ngrams.") for k in missing):
+            raise TrainError(f"init_from {str(directory)!r}: cannot add n-grams (missing {missing}, extra {unexpected})")
+        self.model.eval()
+        self._ngram_weights_loaded = False
+        self.log(f"init_from: hashed {self.model.config.ngram_size}-grams added to model {loaded.model_id}")
+
+    def _init_ngram_weights(self) -> None:
+        """Start the n-gram pooling weights at idf ** ngram_idf_power over a seeded sample of training documents."""
+        cfg = self.config
+        ngrams = self.model.ngrams
+        if ngrams is None or self._ngram_weights_loaded:
+            return
+        t = time.perf_counter()
+        order = np.random.default_rng([cfg.seed, 0x1DF]).permutation(self.train_idx)[: cfg.ngram_idf_docs]
+        sequences = (self.tokenizer.encode(self.corpus.texts[i], cfg.ngram_idf_tokens)[0] for i in order.tolist())
+        ngrams.set_log_weights(idf_log_weights(ngrams, sequences, cfg.ngram_idf_power))
+        self.log(
+            f"n-gram pooling weights: idf^{cfg.ngram_idf_power:g} over {len(order)} training documents "
+            f"in {time.perf_counter() - t:.1f} s"
+        )
 
     def _make_builder(self) -> BatchBuilder:
         cfg = self.config
@@ -725,6 +762,8 @@ class Trainer:
         self._load_data()
         self.file_records = [_file_record(f) for f in self.corpus.files]
         self._build_model()
+        if ckpt_dir is None:
+            self._init_ngram_weights()
         self.builder = self._make_builder()
         prefetcher = Prefetcher(self.builder, cfg.num_workers, cfg.prefetch)  # fork before CUDA starts
         self._pool = prefetcher.pool

@@ -199,7 +199,11 @@ def test_train_config_json_round_trip_and_errors(tmp_path: Path, tiny_train_conf
         tiny_train_config.replace(curriculum=(CurriculumPhase(1.0, 4096, 4),))
     with pytest.raises(ValueError, match="auto_steps"):
         tiny_train_config.replace(auto_steps=True)
-    for name in ("configs/smoke.json", "configs/default_model.json"):
+    with pytest.raises(ValueError, match="ngram_idf_docs"):
+        tiny_train_config.replace(ngram_idf_docs=0)
+    with pytest.raises(ValueError, match="ngram_idf_power"):
+        tiny_train_config.replace(ngram_idf_power=-1.0)
+    for name in ("configs/smoke.json", "configs/default_model.json", "configs/ngram_stage.json"):
         shipped = Path(__file__).resolve().parents[2] / name
         assert TrainConfig.from_json(shipped).steps >= 1
 
@@ -226,3 +230,36 @@ def test_init_from_starts_at_a_saved_model_and_checks_it_matches(
         Trainer(wrong, corpus_dir, tmp_path / "wrong").run()
     with pytest.raises(TrainError, match="cannot load a model"):
         Trainer(base.replace(init_from=str(tmp_path / "nowhere")), corpus_dir, tmp_path / "none").run()
+
+
+def test_init_from_adds_the_ngram_channel_to_a_model_without_it(
+    corpus_dir: Path, tmp_path: Path, tiny_train_config: TrainConfig
+) -> None:
+    base = tiny_train_config.replace(steps=2, val_docs=0)
+    Trainer(base, corpus_dir, tmp_path / "first").run()
+    start = ReformerEncoder.from_pretrained(tmp_path / "first")
+    dim = start.config.embedding_dim
+    ngram = {"ngram_size": 3, "ngram_buckets": 256, "ngram_dim": 8, "ngram_weight": 0.5, "embedding_dim": dim + 8}
+    grafted = base.replace(init_from=str(tmp_path / "first"), model=ngram, ngram_idf_docs=5, ngram_idf_tokens=200)
+    trainer = Trainer(grafted, corpus_dir, tmp_path / "paused")
+    record = trainer.run(stop_at=0)
+    assert record["init_from"]["model_id"] == start.model_id
+    model = ReformerEncoder.from_pretrained(tmp_path / "paused")
+    assert model.config.ngram_size == 3 and model.config.context_dim == dim
+    for name, tensor in start.state_dict().items():  # every loaded weight kept
+        assert torch.equal(model.state_dict()[name], tensor), name
+    # the n-gram weights start at idf^2 over the seeded sample of training documents
+    order = np.random.default_rng([grafted.seed, 0x1DF]).permutation(trainer.train_idx)[:5]
+    seqs = [trainer.tokenizer.encode(trainer.corpus.texts[i], 200)[0] for i in order.tolist()]
+    from reformer_retrieval.model.ngram_hash import idf_log_weights
+
+    expected = idf_log_weights(model.ngrams, seqs, 2.0)
+    assert np.allclose(model.ngrams.log_weight.detach().numpy(), expected) and expected.max() > 0
+    # the contextual half of the embedding is the loaded model's embedding, scaled
+    ids = torch.randint(4, 260, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.allclose(model(ids)[:, :dim], start(ids) * 0.5**0.5, atol=1e-5)
+    # any other architecture change is still refused
+    wrong = grafted.replace(model={**ngram, "d_ff": 32})
+    with pytest.raises(TrainError, match="differs from the config's"):
+        Trainer(wrong, corpus_dir, tmp_path / "wrong").run()

@@ -1,0 +1,115 @@
+"""The hashed n-gram channel: its hash, its idf weights, and its place in the encoder's embedding."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from reformer_retrieval import ByteTokenizer, ReformerConfig, ReformerEncoder
+from reformer_retrieval.model.ngram_hash import HashedNgrams, idf_log_weights
+
+
+@pytest.fixture
+def ngram_config(tiny_config: ReformerConfig) -> ReformerConfig:
+    return tiny_config.replace(embedding_dim=48, ngram_size=3, ngram_buckets=512, ngram_dim=32, ngram_weight=0.75)
+
+
+def test_bucket_ids_depend_on_the_last_n_tokens_only() -> None:
+    ngrams = HashedNgrams(3, 1000, 8, seed=0)
+    a = torch.tensor([[5, 6, 7, 8, 9, 10]])
+    b = torch.tensor([[50, 60, 7, 8, 9, 10]])
+    ha, hb = ngrams.bucket_ids(a), ngrams.bucket_ids(b)
+    assert ha.shape == a.shape and int(ha.min()) >= 0 and int(ha.max()) < 1000
+    assert torch.equal(ha[0, 4:], hb[0, 4:])  # same three tokens ending at positions 4 and 5
+    assert not torch.equal(ha[0, :4], hb[0, :4])
+    # the n-gram ending at position 0 reads two pad ids before it
+    pad = torch.tensor([[0, 0, 5]])
+    assert int(ngrams.bucket_ids(pad)[0, 2]) == int(ha[0, 0])
+
+
+def test_hash_is_seeded_and_spreads_ngrams() -> None:
+    ids = torch.randint(4, 260, (1, 4000), generator=torch.Generator().manual_seed(1))
+    one, same, other = HashedNgrams(4, 4096, 8, 0), HashedNgrams(4, 4096, 8, 0), HashedNgrams(4, 4096, 8, 1)
+    assert torch.equal(one.bucket_ids(ids), same.bucket_ids(ids))
+    assert not torch.equal(one.bucket_ids(ids), other.bucket_ids(ids))
+    # 4,000 distinct random 4-grams fill a good part of 4,096 buckets (a weak hash would pile them up)
+    assert len(torch.unique(one.bucket_ids(ids))) > 2000
+
+
+def test_idf_log_weights_favour_rare_ngrams() -> None:
+    ngrams = HashedNgrams(2, 256, 4, seed=0)
+    common = np.array([10, 11] * 5)
+    docs = [np.concatenate([common, np.array([20 + i, 30 + i])]) for i in range(9)]
+    weights = idf_log_weights(ngrams, docs, power=2.0)
+    buckets = lambda seq: ngrams.bucket_ids(torch.as_tensor(seq).reshape(1, -1))[0]  # noqa: E731
+    w_common = weights[int(buckets([10, 11])[1])]
+    w_rare = weights[int(buckets([20, 30])[1])]
+    assert w_rare > w_common
+    assert w_common == pytest.approx(2 * math.log(math.log(10 / 10) + 1.0))  # in every document: idf 1
+    assert np.allclose(idf_log_weights(ngrams, docs, power=0.0), 0.0)
+    with pytest.raises(ValueError, match="non-empty"):
+        idf_log_weights(ngrams, [np.array([], dtype=np.int64)])
+
+
+def test_encoder_embedding_is_both_channels_weighted(ngram_config: ReformerConfig) -> None:
+    torch.manual_seed(0)
+    model = ReformerEncoder(ngram_config).eval()
+    batch = ByteTokenizer()(["the same words in the same order", "entirely other text, nothing shared", ""])
+    with torch.no_grad():
+        emb = model(batch["input_ids"], batch["attention_mask"])
+    assert emb.shape == (3, 48)
+    assert torch.allclose(emb[:2].norm(dim=1), torch.ones(2), atol=1e-5)
+    assert torch.equal(emb[2], torch.zeros(48))  # no real token: the zero vector, not NaN
+    context, lexical = emb[:, :16], emb[:, 16:]
+    assert torch.allclose(context[:2].norm(dim=1) ** 2, torch.full((2,), 0.25), atol=1e-5)
+    assert torch.allclose(lexical[:2].norm(dim=1) ** 2, torch.full((2,), 0.75), atol=1e-5)
+    # the lexical channel is the log-weighted bag of n-gram vectors of the real tokens
+    ids = batch["input_ids"][:1, : int(batch["attention_mask"][0].sum())]
+    rows = model.ngrams.bucket_ids(ids)[0]
+    w = torch.exp(model.ngrams.log_weight[rows])
+    bag = (model.ngrams.embedding.weight[rows] * w[:, None]).sum(0)
+    assert torch.allclose(lexical[0], math.sqrt(0.75) * bag / bag.norm(), atol=1e-5)
+
+
+def test_lexical_channel_ignores_padding_and_follows_weights(ngram_config: ReformerConfig) -> None:
+    torch.manual_seed(0)
+    model = ReformerEncoder(ngram_config).eval()
+    tok = ByteTokenizer()
+    alone = tok(["a short document"])
+    padded = tok(["a short document", "a much longer document that forces padding on the first row"])
+    with torch.no_grad():
+        e1 = model(alone["input_ids"], alone["attention_mask"])[0]
+        e2 = model(padded["input_ids"], padded["attention_mask"])[0]
+        assert torch.allclose(e1, e2, atol=1e-5)
+        model.ngrams.set_log_weights(torch.randn(512, generator=torch.Generator().manual_seed(3)))
+        e3 = model(alone["input_ids"], alone["attention_mask"])[0]
+    assert not torch.allclose(e1[16:], e3[16:], atol=1e-3)
+    assert torch.allclose(e1[:16], e3[:16])  # the contextual channel does not use the n-gram weights
+    with pytest.raises(ValueError, match="log-weights"):
+        model.ngrams.set_log_weights(np.zeros(3))
+
+
+def test_ngram_channel_gets_gradients(ngram_config: ReformerConfig) -> None:
+    torch.manual_seed(0)
+    model = ReformerEncoder(ngram_config).train()
+    batch = ByteTokenizer()(["one document here", "another document there"])
+    emb = model(batch["input_ids"], batch["attention_mask"])
+    (emb[0] @ emb[1]).backward()
+    assert model.ngrams.embedding.weight.grad.abs().sum() > 0
+    assert model.ngrams.log_weight.grad.abs().sum() > 0
+
+
+def test_config_checks_and_keeps_old_model_ids(tiny_config: ReformerConfig) -> None:
+    assert "ngram_size" not in tiny_config.to_dict()  # off: old configs (and their model ids) are unchanged
+    on = tiny_config.replace(embedding_dim=48, ngram_size=5, ngram_dim=32)
+    assert on.to_dict()["ngram_dim"] == 32 and on.context_dim == 16 and tiny_config.context_dim == 16
+    assert ReformerConfig.from_json(on.to_json()) == on
+    with pytest.raises(ValueError, match="ngram_dim"):
+        tiny_config.replace(ngram_size=5, ngram_dim=16)
+    with pytest.raises(ValueError, match="ngram_weight"):
+        on.replace(ngram_weight=1.0)
+    with pytest.raises(ValueError, match="ngram_size"):
+        tiny_config.replace(ngram_size=-1)
