@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "dev" / "wiki_versions" / "corpus.parquet"
 _WORDS = re.compile(r"\w+")
 
-__all__ = ["load_labelled", "main", "minhash_similarity", "shingles"]
+__all__ = ["load_labelled", "main", "minhash_similarity", "shingles", "write_noisy_copy"]
 
 
 def load_labelled(path: Path, max_clusters: int, max_chars: int, seed: int) -> dict[str, Any]:
@@ -95,13 +95,6 @@ def _exact_jaccard(a: str, b: str) -> float:
     return len(x & y) / max(1, len(x | y))
 
 
-def _channels(config: Any) -> dict[str, slice]:
-    """Columns of each channel of a model with the hashed n-gram channel (none for a single-channel model)."""
-    if not getattr(config, "ngram_size", 0):
-        return {}
-    return {"contextual channel": slice(0, config.context_dim), "n-gram channel": slice(config.context_dim, None)}
-
-
 def _random_encoder(model_dir: Path | None, seed: int, device: str, batch_tokens: int | None) -> Any:
     import torch
 
@@ -115,6 +108,19 @@ def _random_encoder(model_dir: Path | None, seed: int, device: str, batch_tokens
         torch.manual_seed(seed)
         model = ReformerEncoder(config)
     return Encoder(model, load_tokenizer(directory), device=device, batch_tokens=batch_tokens)
+
+
+def write_noisy_copy(path: Path, ids: list[str], texts: list[str], clusters: np.ndarray) -> None:
+    """Write ``(id, text, cluster)`` rows to a Parquet file atomically (temp file + rename)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from reformer_retrieval.atomic import atomic_path
+
+    table = pa.table({"id": ids, "text": texts, "cluster": [str(c) for c in clusters]})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path, ".parquet") as tmp:
+        pq.write_table(table, tmp)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,6 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward pass")
     parser.add_argument("--skip-random", action="store_true", help="leave out the random-init encoder")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
+    parser.add_argument(
+        "--write-noisy", type=Path, default=None, metavar="FILE",
+        help="write the noisy copy (id, text, cluster) to this Parquet file and stop (to encode it elsewhere)",
+    )
     args = parser.parse_args(argv)
 
     if not args.data.is_file():
@@ -146,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
         augment(t, args.noise_strength, seed=(args.noise_seed, int(r)), preset=args.noise_preset)
         for t, r in zip(clean, data["rows"])
     ]
+    if args.write_noisy is not None:
+        write_noisy_copy(args.write_noisy, data["ids"], noisy, data["clusters"])
+        print(f"wrote the noisy copy of {len(noisy)} documents to {args.write_noisy}")
+        return 0
     sample = range(0, len(clean), max(1, len(clean) // 50))
     self_jaccard = float(np.mean([_exact_jaccard(clean[i], noisy[i]) for i in sample]))
     n_clusters = len(np.unique(data["clusters"]))
@@ -170,10 +184,11 @@ def main(argv: list[str] | None = None) -> int:
             t = time.perf_counter()
             emb = encoder.encode(texts)
             results.append((f"{name} ({encoder.model_id})", emb @ emb.T, time.perf_counter() - t, encoder.model_id))
-            for part, columns in _channels(encoder.model.config).items():  # ablation: each channel alone
+            channels = encoder.model.channels()
+            for part, (columns, _) in channels.items() if len(channels) > 1 else ():  # ablation: each channel
                 sub = emb[:, columns]
                 sub = sub / np.maximum(np.linalg.norm(sub, axis=1, keepdims=True), 1e-12)
-                results.append((f"{name}: {part} only", sub @ sub.T, 0.0, encoder.model_id))
+                results.append((f"{name}: {part} channel only", sub @ sub.T, 0.0, encoder.model_id))
         base = None
         for name, similarity, seconds, model_id in results:
             m = pair_metrics(similarity, data["clusters"])

@@ -229,8 +229,14 @@ class ReformerConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 self._fail(name, "must be a positive integer")
+        if not self.ngram_size:
+            changed = [k for k in _NGRAM_FIELDS[1:] if getattr(self, k) != _FIELD_DEFAULTS[k]]
+            if changed:  # they would be left out of to_dict (and the model id): refuse rather than ignore
+                self._fail(changed[0], "applies only with ngram_size > 0")
         if self.ngram_size and self.ngram_dim >= self.embedding_dim:
             self._fail("ngram_dim", f"must be less than embedding_dim={self.embedding_dim} (the rest is the contextual channel)")
+        if not isinstance(self.ngram_weight, (int, float)) or isinstance(self.ngram_weight, bool):
+            self._fail("ngram_weight", "must be a number in (0, 1)")
         if not 0.0 < self.ngram_weight < 1.0:
             self._fail("ngram_weight", "must lie in (0, 1)")
 
@@ -275,3 +281,6 @@ class ReformerConfig:
     def replace(self, **changes: Any) -> ReformerConfig:
         """A new validated config with some fields changed (the original is untouched)."""
         return dataclasses.replace(self, **changes)
+
+
+_FIELD_DEFAULTS: dict[str, Any] = {f.name: f.default for f in dataclasses.fields(ReformerConfig)}

@@ -7,7 +7,8 @@ batch-invariant), so the grouping changes speed only.
 
 Documents longer than ``max_tokens`` are either truncated (``long_docs="truncate"``; flagged in
 ``truncated``) or read whole as overlapping windows whose embeddings are averaged with weights equal to
-their token counts and re-normalised (``long_docs="window"``).
+their token counts and re-normalised (``long_docs="window"``; a two-channel embedding is averaged and
+re-normalised channel by channel, so each channel keeps its share of the cosine).
 
 `Encoder.encode_parquet` streams a Parquet corpus into an embeddings file through numbered part files in
 ``<dst>.parts/``; each part is written atomically, so a run killed at any moment can be continued with
@@ -308,6 +309,8 @@ class Encoder:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
+        if getattr(self.model, "ngrams", None) is not None:
+            self.model.ngrams.float()  # n-gram weights and vectors stay float32 (bf16 would round weights ~0.4%)
         self.tokenizer = tokenizer if tokenizer is not None else ByteTokenizer(max_len=model.config.max_len)
         if self.tokenizer.vocab_size != model.config.vocab_size:
             raise ValueError(
@@ -458,12 +461,14 @@ class Encoder:
         single = counts[seg_doc] == 1
         out[seg_doc[single]] = seg_vectors[single]  # one segment: its vector as is
         multi = ~single
-        if multi.any():  # windows: token-weighted mean, re-normalised
+        if multi.any():  # windows: token-weighted mean of each channel, re-normalised to the channel's share
             pooled = np.zeros((n, self.dim), dtype=np.float64)
             np.add.at(pooled, seg_doc[multi], seg_vectors[multi].astype(np.float64) * lengths[multi, None])
             docs = np.unique(seg_doc[multi])
-            norms = np.linalg.norm(pooled[docs], axis=1, keepdims=True)
-            out[docs] = (pooled[docs] / np.maximum(norms, 1e-12)).astype(np.float32)
+            for columns, share in self.model.channels().values():
+                part = pooled[docs, columns]
+                norms = np.linalg.norm(part, axis=1, keepdims=True)
+                out[docs, columns] = (part / np.maximum(norms, 1e-12) * np.sqrt(share)).astype(np.float32)
         return out
 
     def _launch(self, segments: list[np.ndarray]) -> torch.Tensor:

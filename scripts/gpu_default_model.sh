@@ -7,8 +7,9 @@
 #   2. SMOKE=1: a 4-step smoke run of the whole training path on CUDA (bf16 autocast, gradient caching, hard
 #      negatives); if bf16 fails there, the main run goes without it and the log says so;
 #   3. the training run, $CONFIG (default configs/default_model.json; its max_minutes bounds it);
-#   4. EVAL=1: the new model encodes the labelled dev set and its OCR-noised copy (.gpu/wiki_dev_ocr.parquet,
-#      made as benchmarks/model_quality.py makes it) into $OUT/emb_{clean,ocr}.parquet, for the quality table;
+#   4. EVAL=1: the new model encodes the labelled dev set and its OCR-noised copy into
+#      $OUT/emb_{clean,ocr}.parquet, for the quality table (make the copy first, exactly as the benchmark does:
+#      python benchmarks/model_quality.py --data .gpu/wiki_dev.parquet --write-noisy .gpu/wiki_dev_ocr.parquet);
 #   5. BENCH=1 and time left: the GPU rows of benchmarks/encoder_speed.py.
 # DRY=1 runs the same steps on CPU with the smoke config (a check of this script on any machine).
 set -u

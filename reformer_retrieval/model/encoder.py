@@ -141,6 +141,17 @@ class ReformerEncoder(nn.Module):
             return emb, states[:, :L0]
         return emb
 
+    def channels(self) -> dict[str, tuple[slice, float]]:
+        """Columns of each channel of the embedding and its share of the cosine: ``{"contextual": (slice, 1.0)}``,
+        plus ``"n-gram"`` when hashed n-grams are on (shares ``1 - ngram_weight`` and ``ngram_weight``)."""
+        cfg = self.config
+        if not cfg.ngram_size:
+            return {"contextual": (slice(0, cfg.embedding_dim), 1.0)}
+        return {
+            "contextual": (slice(0, cfg.context_dim), 1.0 - cfg.ngram_weight),
+            "n-gram": (slice(cfg.context_dim, cfg.embedding_dim), cfg.ngram_weight),
+        }
+
     # ------------------------------------------------------------------ identity and persistence
     @property
     def model_id(self) -> str:

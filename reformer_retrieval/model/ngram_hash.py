@@ -79,7 +79,8 @@ class HashedNgrams(nn.Module):
         buckets = self.bucket_ids(input_ids)
         log_weight = self.log_weight[buckets].float().masked_fill(~mask, float("-inf"))
         # weights are relative within a document: subtract its largest log-weight before exp
-        top = log_weight.detach().amax(dim=1, keepdim=True).clamp(min=-1e4)
+        top = log_weight.detach().amax(dim=1, keepdim=True)
+        top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a row with no real token
         weights = torch.exp(log_weight - top)
         bag = F.embedding_bag(buckets, self.embedding.weight, per_sample_weights=weights.to(self.embedding.weight.dtype), mode="sum")
         return F.normalize(bag.float(), dim=-1)
@@ -87,10 +88,10 @@ class HashedNgrams(nn.Module):
     @torch.no_grad()
     def set_log_weights(self, log_weight: np.ndarray | torch.Tensor) -> None:
         """Overwrite the pooling log-weights (one per bucket)."""
-        values = torch.as_tensor(np.asarray(log_weight), dtype=self.log_weight.dtype)
+        values = torch.as_tensor(log_weight).detach().to(self.log_weight)
         if values.shape != self.log_weight.shape:
             raise ValueError(f"expected {tuple(self.log_weight.shape)} log-weights, got {tuple(values.shape)}")
-        self.log_weight.copy_(values.to(self.log_weight.device))
+        self.log_weight.copy_(values)
 
 
 def idf_log_weights(ngrams: HashedNgrams, sequences: Iterable[np.ndarray], power: float = 2.0) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,10 +172,13 @@ class TrainConfig:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 self._fail(name, "must be a non-negative integer")
         for name in ("ngram_idf_docs", "ngram_idf_tokens"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 self._fail(name, "must be a positive integer")
-        if self.ngram_idf_power < 0:
-            self._fail("ngram_idf_power", "must be >= 0")
+        if not (isinstance(self.ngram_idf_power, (int, float)) and math.isfinite(self.ngram_idf_power)) or (
+            self.ngram_idf_power < 0
+        ):
+            self._fail("ngram_idf_power", "must be a finite number >= 0")
         if self.lr <= 0:
             self._fail("lr", "must be > 0")
         for name in ("min_lr_ratio", "warmup", "augment_strength", "containment_prob", "cluster_pair_prob", "eval_strength"):

@@ -288,9 +288,15 @@ class Trainer:
         wanted = dataclasses.asdict(self.model.config.replace(**cfg.model))
         differ = sorted(k for k, v in wanted.items() if loaded[k] != v)
         ngram_keys = {"ngram_size", "ngram_buckets", "ngram_dim", "ngram_weight", "embedding_dim"}
-        graft = not loaded["ngram_size"] and wanted["ngram_size"] and set(differ) <= ngram_keys
-        if graft and self.model.config.replace(**cfg.model).context_dim == loaded["embedding_dim"]:
-            self._graft_ngrams(directory)
+        if not loaded["ngram_size"] and wanted["ngram_size"] and set(differ) <= ngram_keys:
+            need = loaded["embedding_dim"] + wanted["ngram_dim"]
+            if wanted["embedding_dim"] != need:
+                raise TrainError(
+                    f"init_from {str(directory)!r}: to add the n-gram channel, model.embedding_dim must be {need} "
+                    f"(its {loaded['embedding_dim']} + ngram_dim {wanted['ngram_dim']})"
+                )
+            if self._resume_dir is None:  # a resumed run reads the grafted model from its checkpoint
+                self._graft_ngrams(directory)
         elif differ:
             raise TrainError(f"init_from {str(directory)!r}: its model differs from the config's in {differ}")
         # kind and normalisation must agree; the vocabulary itself is the loaded one (a BPE config's

@@ -48,6 +48,7 @@ def test_idf_log_weights_favour_rare_ngrams() -> None:
     w_common = weights[int(buckets([10, 11])[1])]
     w_rare = weights[int(buckets([20, 30])[1])]
     assert w_rare > w_common
+    assert w_rare == pytest.approx(2 * math.log(math.log(10 / 2) + 1.0), rel=1e-6)  # in 1 of 9 documents
     assert w_common == pytest.approx(2 * math.log(math.log(10 / 10) + 1.0))  # in every document: idf 1
     assert np.allclose(idf_log_weights(ngrams, docs, power=0.0), 0.0)
     with pytest.raises(ValueError, match="non-empty"):
@@ -57,6 +58,7 @@ def test_idf_log_weights_favour_rare_ngrams() -> None:
 def test_encoder_embedding_is_both_channels_weighted(ngram_config: ReformerConfig) -> None:
     torch.manual_seed(0)
     model = ReformerEncoder(ngram_config).eval()
+    model.ngrams.set_log_weights(torch.randn(512, generator=torch.Generator().manual_seed(5)) * 3)
     batch = ByteTokenizer()(["the same words in the same order", "entirely other text, nothing shared", ""])
     with torch.no_grad():
         emb = model(batch["input_ids"], batch["attention_mask"])
@@ -90,6 +92,31 @@ def test_lexical_channel_ignores_padding_and_follows_weights(ngram_config: Refor
     assert torch.allclose(e1[:16], e3[:16])  # the contextual channel does not use the n-gram weights
     with pytest.raises(ValueError, match="log-weights"):
         model.ngrams.set_log_weights(np.zeros(3))
+    model.ngrams.set_log_weights(torch.zeros(512, requires_grad=True))  # a tensor that needs grad is fine
+    assert float(model.ngrams.log_weight.detach().abs().sum()) == 0.0
+
+
+def test_a_document_with_very_low_weights_keeps_its_lexical_channel(ngram_config: ReformerConfig) -> None:
+    model = ReformerEncoder(ngram_config).eval()
+    model.ngrams.set_log_weights(torch.full((512,), -2e4))
+    batch = ByteTokenizer()(["some real text"])
+    with torch.no_grad():
+        emb = model(batch["input_ids"], batch["attention_mask"])[0]
+    assert float(emb[16:].norm() ** 2) == pytest.approx(0.75, abs=1e-5)
+
+
+def test_windows_keep_each_channel_share(ngram_config: ReformerConfig, tmp_path) -> None:
+    from reformer_retrieval.checkpoint import save_model
+    from reformer_retrieval.encode import Encoder
+
+    torch.manual_seed(0)
+    model = ReformerEncoder(ngram_config.replace(max_len=1024, axial_pos_shape=(32, 32)))
+    save_model(model, tmp_path / "m")
+    text = " ".join(f"word{i % 97} other{i % 13}" for i in range(600))  # about 8,000 byte tokens
+    enc = Encoder.load(tmp_path / "m", device="cpu", max_tokens=512, long_docs="window")
+    emb = enc.encode([text])[0]
+    assert np.linalg.norm(emb[:16]) ** 2 == pytest.approx(0.25, abs=1e-5)
+    assert np.linalg.norm(emb[16:]) ** 2 == pytest.approx(0.75, abs=1e-5)
 
 
 def test_ngram_channel_gets_gradients(ngram_config: ReformerConfig) -> None:
@@ -113,3 +140,7 @@ def test_config_checks_and_keeps_old_model_ids(tiny_config: ReformerConfig) -> N
         on.replace(ngram_weight=1.0)
     with pytest.raises(ValueError, match="ngram_size"):
         tiny_config.replace(ngram_size=-1)
+    with pytest.raises(ValueError, match=r"ngram_dim.*only with ngram_size"):
+        tiny_config.replace(ngram_dim=8)  # would vanish from to_dict and the model id
+    with pytest.raises(ValueError, match="ngram_weight"):
+        on.replace(ngram_weight="0.5")

@@ -259,7 +259,25 @@ def test_init_from_adds_the_ngram_channel_to_a_model_without_it(
     ids = torch.randint(4, 260, (2, 40), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.allclose(model(ids)[:, :dim], start(ids) * 0.5**0.5, atol=1e-5)
-    # any other architecture change is still refused
+    # any other architecture change is still refused, and the widths must add up
     wrong = grafted.replace(model={**ngram, "d_ff": 32})
     with pytest.raises(TrainError, match="differs from the config's"):
         Trainer(wrong, corpus_dir, tmp_path / "wrong").run()
+    with pytest.raises(TrainError, match=f"embedding_dim must be {dim + 8}"):
+        Trainer(grafted.replace(model={**ngram, "embedding_dim": dim + 16}), corpus_dir, tmp_path / "w2").run()
+
+
+@pytest.mark.slow
+def test_a_grafted_run_resumes_exactly(corpus_dir: Path, tmp_path: Path, tiny_train_config: TrainConfig) -> None:
+    base = tiny_train_config.replace(steps=2, val_docs=0)
+    Trainer(base, corpus_dir, tmp_path / "first").run()
+    dim = ReformerEncoder.from_pretrained(tmp_path / "first").config.embedding_dim
+    ngram = {"ngram_size": 3, "ngram_buckets": 256, "ngram_dim": 8, "embedding_dim": dim + 8}
+    cfg = base.replace(init_from=str(tmp_path / "first"), model=ngram, steps=4, checkpoint_every=2,
+                       ngram_idf_docs=5, ngram_idf_tokens=200)
+    whole = Trainer(cfg, corpus_dir, tmp_path / "whole").run()
+    Trainer(cfg, corpus_dir, tmp_path / "split").run(stop_at=2)
+    logs: list[str] = []
+    resumed = Trainer(cfg, corpus_dir, tmp_path / "split", resume=True, log=logs.append).run()
+    assert resumed["model_id"] == whole["model_id"]
+    assert not any("n-grams added" in line or "idf" in line for line in logs)  # neither redone on resume
