@@ -3,6 +3,9 @@
 # default model"). It reads the corpus copy made by scripts/cap_corpus.py (.gpu/train.parquet), the labelled
 # dev set (.gpu/wiki_dev.parquet) and the stage-1 CPU model (runs/cpu_stage; the shipped CPU model is copied
 # there when the directory is missing), and writes the model files and the log to $OUT.
+# The device tool returns at most 8 files of 16 MiB each from $OUT: the model's tokenizer.json and train_config.json
+# stay behind (the tokenizer is init_from's or the config's, the config is in the repo), weights above 15 MB are
+# split, and the encodes' skipped-row lists are removed.
 #   1. installs the package (no dependencies: the machine has torch, pyarrow, click, tqdm, safetensors);
 #   2. SMOKE=1: a 4-step smoke run of the whole training path on CUDA (bf16 autocast, gradient caching, hard
 #      negatives); if bf16 fails there, the main run goes without it and the log says so;
@@ -56,16 +59,23 @@ PY
       --labelled $DATA/wiki_dev.parquet 2>&1 | tr '\r' '\n' | grep -v "^train: " 
   log "training run exit ${PIPESTATUS[0]}"
   if [ -f /tmp/run/model.safetensors ]; then SRC=/tmp/run; else SRC=/tmp/run/checkpoints/$(python3 -c "import json; print(json.load(open('/tmp/run/checkpoints/latest.json'))['dir'])"); fi
-  for f in model.safetensors config.json tokenizer.json training.json train_config.json; do cp "$SRC/$f" "$OUT/model/" 2>/dev/null; done
+  for f in model.safetensors config.json training.json; do cp "$SRC/$f" "$OUT/model/" 2>/dev/null; done
   cp /tmp/run/metrics.jsonl "$OUT/model/" 2>/dev/null
+  # the device tool returns files of at most 16 MiB: split larger weights (join: cat model.safetensors.part.* >
+  # model.safetensors; the sha256 printed here checks the join)
+  if [ "$(stat -c %s "$OUT/model/model.safetensors" 2>/dev/null || echo 0)" -gt 15000000 ]; then
+    sha256sum "$OUT/model/model.safetensors"
+    split -b 12m "$OUT/model/model.safetensors" "$OUT/model/model.safetensors.part." && rm "$OUT/model/model.safetensors"
+  fi
   ls -la "$OUT/model"
 
-  if [ "${EVAL:-0}" = 1 ] && [ -f "$OUT/model/config.json" ]; then
+  if [ "${EVAL:-0}" = 1 ] && [ -f /tmp/run/model.safetensors ]; then
     for kind in clean ocr; do
       src=$DATA/wiki_dev.parquet; [ $kind = ocr ] && src=$DATA/wiki_dev_ocr.parquet
       log "encode $src"
-      timeout 150 reformer-retrieval encode "$src" -o "$OUT/emb_$kind.parquet" --model "$OUT/model" --device cuda -q 2>&1 | tail -4
+      timeout 150 reformer-retrieval encode "$src" -o "$OUT/emb_$kind.parquet" --model /tmp/run --device cuda -q 2>&1 | tail -4
     done
+    rm -f "$OUT"/*.skipped.parquet
   fi
 
   LEFT=$(( 530 - ($(date +%s) - START) ))
