@@ -44,8 +44,7 @@ class HashedNgrams(nn.Module):
     random projection instead of replacing it.
     """
 
-    def __init__(
-        self, n: int, buckets: int, dim: int, seed: int, pad_token_id: int = 0) -> None:
+    def __init__(self, n: int, buckets: int, dim: int, seed: int, pad_token_id: int = 0) -> None:
         super().__init__()
         self.n = int(n)
         self.buckets = int(buckets)
@@ -82,7 +81,8 @@ class HashedNgrams(nn.Module):
         top = log_weight.detach().amax(dim=1, keepdim=True)
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))  # a row with no real token
         weights = torch.exp(log_weight - top)
-        bag = F.embedding_bag(buckets, self.embedding.weight, per_sample_weights=weights.to(self.embedding.weight.dtype), mode="sum")
+        table = self.embedding.weight
+        bag = F.embedding_bag(buckets, table, per_sample_weights=weights.to(table.dtype), mode="sum")
         return F.normalize(bag.float(), dim=-1)
 
     @torch.no_grad()
