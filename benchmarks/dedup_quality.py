@@ -212,9 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             results[method]["encode_s"] = encode_s
 
     anchor = results.get("datasketch", {}).get("seconds")
-    emb_default = default_threshold("embedding", args.model)  # reads the model's training.json once
-    defaults = {"minhash": DEFAULT_MINHASH_THRESHOLD, "datasketch": None, "embedding": emb_default,
-                "hybrid": emb_default}
+    # the hybrid's cosine edge has its own default (training.json "hybrid_dedup_threshold")
+    defaults = {"minhash": DEFAULT_MINHASH_THRESHOLD, "datasketch": None,
+                "embedding": default_threshold("embedding", args.model),
+                "hybrid": default_threshold("hybrid", args.model)}
     rows, table_rows = [], []
     for method in [m for m in ALL_METHODS if m in sweeps]:
         best = max(sweeps[method], key=lambda r: r.f1)

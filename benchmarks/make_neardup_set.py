@@ -92,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     low, high = (float(x) for x in args.strength.split(":"))
+    if not args.corpus.is_file():
+        print(f"no Parquet file at {args.corpus}", file=sys.stderr)
+        return 2
+    columns = pq.read_schema(args.corpus).names
+    if args.text_column not in columns:
+        print(f"{args.corpus} has no column {args.text_column!r} (columns: {', '.join(columns)})", file=sys.stderr)
+        return 2
     texts = [t for t in pq.read_table(args.corpus, columns=[args.text_column]).column(0).to_pylist() if t]
     rows = make_set(texts, args.chars, args.windows, args.variants, (low, high), args.preset, args.trap_share,
                     args.trap_prefix, args.seed)

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ReformerConfig"]
+__all__ = ["NGRAM_FIELDS", "ReformerConfig"]
 
 _ATTENTION_KINDS = ("lsh", "local")
-_NGRAM_FIELDS = ("ngram_size", "ngram_buckets", "ngram_dim", "ngram_weight")
+NGRAM_FIELDS = ("ngram_size", "ngram_buckets", "ngram_dim", "ngram_weight")
+"""The fields of the hashed n-gram channel (left out of `ReformerConfig.to_dict` while ``ngram_size`` is 0)."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +164,7 @@ class ReformerConfig:
     def _validate(self) -> None:
         positive = (
             "vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "embedding_dim", "max_len",
-            "chunk_size", "n_hashes", "attention_budget", "bucket_factorise_above",
+            "chunk_size", "n_hashes", "attention_budget", "bucket_factorise_above", "ngram_buckets", "ngram_dim",
         )
         for name in positive:
             value = getattr(self, name)
@@ -225,12 +226,8 @@ class ReformerConfig:
             self._fail("reversible", "must be a bool")
         if not isinstance(self.ngram_size, int) or isinstance(self.ngram_size, bool) or self.ngram_size < 0:
             self._fail("ngram_size", "must be a non-negative integer (0 = off)")
-        for name in ("ngram_buckets", "ngram_dim"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                self._fail(name, "must be a positive integer")
         if not self.ngram_size:
-            changed = [k for k in _NGRAM_FIELDS[1:] if getattr(self, k) != _FIELD_DEFAULTS[k]]
+            changed = [k for k in NGRAM_FIELDS[1:] if getattr(self, k) != _FIELD_DEFAULTS[k]]
             if changed:  # they would be left out of to_dict (and the model id): refuse rather than ignore
                 self._fail(changed[0], "applies only with ngram_size > 0")
         if self.ngram_size and self.ngram_dim >= self.embedding_dim:
@@ -252,7 +249,7 @@ class ReformerConfig:
             if isinstance(value, tuple):
                 out[key] = list(value)
         if not self.ngram_size:
-            for key in _NGRAM_FIELDS:
+            for key in NGRAM_FIELDS:
                 out.pop(key)
         return out
 

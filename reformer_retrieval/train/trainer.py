@@ -34,6 +34,7 @@ import torch
 from reformer_retrieval import __version__
 from reformer_retrieval.atomic import atomic_write_text
 from reformer_retrieval.checkpoint import load_model, load_tokenizer, save_model
+from reformer_retrieval.config import NGRAM_FIELDS
 from reformer_retrieval.model.encoder import ReformerEncoder
 from reformer_retrieval.model.ngram_hash import idf_log_weights
 from reformer_retrieval.tokenizer import ByteTokenizer
@@ -163,7 +164,6 @@ class Trainer:
         self.skipped_steps = 0
         self._pool: Any = None
         self.initial_model: dict[str, str] | None = None
-        self._ngram_weights_loaded = True
         self._resume_dir: Path | None = None
 
     # ------------------------------------------------------------------ budget
@@ -244,7 +244,8 @@ class Trainer:
             model_config = model_config.replace(vocab_size=self.tokenizer.vocab_size)
         with _seeded_torch(_seed_of(cfg.seed, 1), torch.device("cpu"), True):
             self.model = ReformerEncoder(model_config)
-        self._ngram_weights_loaded = False
+        if self._resume_dir is None:  # a resumed run reads every weight from its checkpoint
+            self._init_ngram_weights()
 
     def _make_tokenizer(self, max_len: int) -> ByteTokenizer:
         """The run's tokenizer: bytes, or a BPE vocabulary trained on a seeded sample of the training split
@@ -287,16 +288,14 @@ class Trainer:
         loaded = dataclasses.asdict(self.model.config)
         wanted = dataclasses.asdict(self.model.config.replace(**cfg.model))
         differ = sorted(k for k, v in wanted.items() if loaded[k] != v)
-        ngram_keys = {"ngram_size", "ngram_buckets", "ngram_dim", "ngram_weight", "embedding_dim"}
-        if not loaded["ngram_size"] and wanted["ngram_size"] and set(differ) <= ngram_keys:
+        graft = not loaded["ngram_size"] and wanted["ngram_size"] and set(differ) <= {*NGRAM_FIELDS, "embedding_dim"}
+        if graft:
             need = loaded["embedding_dim"] + wanted["ngram_dim"]
             if wanted["embedding_dim"] != need:
                 raise TrainError(
                     f"init_from {str(directory)!r}: to add the n-gram channel, model.embedding_dim must be {need} "
                     f"(its {loaded['embedding_dim']} + ngram_dim {wanted['ngram_dim']})"
                 )
-            if self._resume_dir is None:  # a resumed run reads the grafted model from its checkpoint
-                self._graft_ngrams(directory)
         elif differ:
             raise TrainError(f"init_from {str(directory)!r}: its model differs from the config's in {differ}")
         # kind and normalisation must agree; the vocabulary itself is the loaded one (a BPE config's
@@ -307,6 +306,8 @@ class Trainer:
         if differ:
             raise TrainError(f"init_from {str(directory)!r}: its tokenizer differs from the config's in {differ}")
         self.log(f"initial weights: model {self.initial_model['model_id']} from {directory}")
+        if graft and self._resume_dir is None:  # a resumed run reads the grafted model from its checkpoint
+            self._graft_ngrams(directory)
 
     def _graft_ngrams(self, directory: Path) -> None:
         """Add the hashed n-gram channel to a loaded model that has none (its embedding becomes the contextual
@@ -320,14 +321,14 @@ class Trainer:
         if unexpected or any(not k.startswith("ngrams.") for k in missing):
             raise TrainError(f"init_from {str(directory)!r}: cannot add n-grams (missing {missing}, extra {unexpected})")
         self.model.eval()
-        self._ngram_weights_loaded = False
         self.log(f"init_from: hashed {self.model.config.ngram_size}-grams added to model {loaded.model_id}")
+        self._init_ngram_weights()
 
     def _init_ngram_weights(self) -> None:
         """Start the n-gram pooling weights at idf ** ngram_idf_power over a seeded sample of training documents."""
         cfg = self.config
         ngrams = self.model.ngrams
-        if ngrams is None or self._ngram_weights_loaded:
+        if ngrams is None:
             return
         t = time.perf_counter()
         order = np.random.default_rng([cfg.seed, 0x1DF]).permutation(self.train_idx)[: cfg.ngram_idf_docs]
@@ -768,8 +769,6 @@ class Trainer:
         self._load_data()
         self.file_records = [_file_record(f) for f in self.corpus.files]
         self._build_model()
-        if ckpt_dir is None:
-            self._init_ngram_weights()
         self.builder = self._make_builder()
         prefetcher = Prefetcher(self.builder, cfg.num_workers, cfg.prefetch)  # fork before CUDA starts
         self._pool = prefetcher.pool

@@ -43,3 +43,5 @@ def test_main_writes_parquet(tmp_path: Path) -> None:
     table = pq.read_table(out)
     assert table.column_names == ["id", "text", "cluster", "kind"] and table.num_rows >= 6
     assert make_neardup_set.main([str(src), "-o", str(out), "--chars", "10000000"]) == 2
+    assert make_neardup_set.main([str(src), "-o", str(out), "--text-column", "body"]) == 2
+    assert make_neardup_set.main([str(tmp_path / "none.parquet"), "-o", str(out)]) == 2
