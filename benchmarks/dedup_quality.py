@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="first N rows only (smoke runs)")
     p.add_argument("--jaccard-grid", default="0.05:0.9:0.05", help="START:STOP:STEP of Jaccard thresholds")
-    p.add_argument("--cosine-grid", default="0.5:0.99:0.01,0.99:0.9999:0.0003",
+    p.add_argument("--cosine-grid", default="0.2:0.99:0.01,0.99:0.9999:0.0003",
                    help="START:STOP:STEP[,...] of cosine thresholds (default: coarse, then fine above 0.99)")
     p.add_argument("--minhash-threshold", type=float, default=None,
                    help="Jaccard side of hybrid (default: the best of our MinHash sweep, else the library default)")

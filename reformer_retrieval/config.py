@@ -17,8 +17,13 @@ from typing import Any
 __all__ = ["NGRAM_FIELDS", "ReformerConfig"]
 
 _ATTENTION_KINDS = ("lsh", "local")
-NGRAM_FIELDS = ("ngram_size", "ngram_buckets", "ngram_dim", "ngram_weight")
+NGRAM_FIELDS = ("ngram_size", "ngram_buckets", "ngram_dim", "ngram_weight", "ngram_tf", "ngram_projection")
 """The fields of the hashed n-gram channel (left out of `ReformerConfig.to_dict` while ``ngram_size`` is 0)."""
+_NGRAM_TF = ("raw", "log", "binary")
+_NGRAM_PROJECTIONS = ("table", "sketch")
+_OMITTED_AT_DEFAULT = ("ngram_tf", "ngram_projection")
+"""Fields added after models were published: left out of `ReformerConfig.to_dict` at their defaults, so those
+models keep their config text and ``model_id``."""
 
 
 @dataclass(frozen=True)
@@ -67,9 +72,14 @@ class ReformerConfig:
         ngram_size: Tokens per hashed n-gram; 0 turns the hashed n-gram channel off. When on, the embedding is
             the contextual channel (``embedding_dim - ngram_dim`` wide) followed by an idf-weighted bag of
             hashed n-gram vectors (``ngram_dim`` wide); see `reformer_retrieval.model.ngram_hash`.
-        ngram_buckets: Rows of the hashed n-gram tables.
+        ngram_buckets: Rows of the hashed n-gram tables (log-weights; and vectors with ``ngram_projection``
+            ``"table"``).
         ngram_dim: Width of the n-gram channel (less than ``embedding_dim``).
         ngram_weight: Share of the n-gram channel in the cosine of two embeddings (in (0, 1)).
+        ngram_tf: How repeats of an n-gram in a document count: ``"raw"`` (every occurrence), ``"log"``
+            (``1 + ln k`` for a bucket seen k times) or ``"binary"`` (once).
+        ngram_projection: ``"table"`` (a learned vector per bucket) or ``"sketch"`` (a seeded count sketch:
+            no vector table, so ``ngram_buckets`` can be large).
         extra: Free-form JSON-serialisable metadata carried with the config (unused by the model).
     """
 
@@ -106,6 +116,8 @@ class ReformerConfig:
     ngram_buckets: int = 16_384
     ngram_dim: int = 128
     ngram_weight: float = 0.5
+    ngram_tf: str = "raw"
+    ngram_projection: str = "table"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -236,13 +248,18 @@ class ReformerConfig:
             self._fail("ngram_weight", "must be a number in (0, 1)")
         if not 0.0 < self.ngram_weight < 1.0:
             self._fail("ngram_weight", "must lie in (0, 1)")
+        if self.ngram_tf not in _NGRAM_TF:
+            self._fail("ngram_tf", f"must be one of {_NGRAM_TF}")
+        if self.ngram_projection not in _NGRAM_PROJECTIONS:
+            self._fail("ngram_projection", f"must be one of {_NGRAM_PROJECTIONS}")
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:
         """Plain-JSON dictionary of every field (tuples become lists).
 
-        The hashed n-gram fields are left out while n-grams are off, so a model saved before they existed
-        keeps its config text, and with it its ``model_id``.
+        The hashed n-gram fields are left out while n-grams are off, and ``ngram_tf`` / ``ngram_projection``
+        at their defaults, so a model saved before they existed keeps its config text, and with it its
+        ``model_id``.
         """
         out = dataclasses.asdict(self)
         for key, value in out.items():
@@ -250,6 +267,9 @@ class ReformerConfig:
                 out[key] = list(value)
         if not self.ngram_size:
             for key in NGRAM_FIELDS:
+                out.pop(key)
+        for key in _OMITTED_AT_DEFAULT:
+            if key in out and out[key] == _FIELD_DEFAULTS[key]:
                 out.pop(key)
         return out
 

@@ -182,9 +182,9 @@ def test_truncation_is_logged(encoder, caplog):
 def test_bundled_default_model_on_short_texts():
     enc = Encoder.load(device="cpu")
     vectors = enc.encode(["a short text", "another short text", "a short text"])
-    assert vectors.shape == (3, enc.dim) and enc.dim == 512
+    assert vectors.shape == (3, enc.dim) and enc.dim == 1280
     assert np.array_equal(vectors[0], vectors[2])
-    assert enc.model_id == ReformerEncoder.from_pretrained(DEFAULT_MODEL_DIR).model_id == "05f26a0a68bd"
+    assert enc.model_id == ReformerEncoder.from_pretrained(DEFAULT_MODEL_DIR).model_id == "aaa7ca85767a"
 
 
 @pytest.mark.gpu

@@ -52,7 +52,8 @@ class ReformerEncoder(nn.Module):
         self.ngrams: HashedNgrams | None = None
         if config.ngram_size:
             self.ngrams = HashedNgrams(
-                config.ngram_size, config.ngram_buckets, config.ngram_dim, config.hash_seed, config.pad_token_id
+                config.ngram_size, config.ngram_buckets, config.ngram_dim, config.hash_seed, config.pad_token_id,
+                tf=config.ngram_tf, projection=config.ngram_projection,
             )
         layers = []
         for i, kind in enumerate(config.layer_kinds):

@@ -43,7 +43,9 @@ class TrainConfig:
         model: `ReformerConfig` fields of the model to train (missing fields take their defaults).
         init_from: A model directory (``save_model`` layout, e.g. the shipped default) whose weights start
             the run instead of a random initialisation: fine-tuning. Its architecture and tokenizer are used;
-            ``model`` and ``tokenizer``, where given, must agree with them.
+            ``model`` and ``tokenizer``, where given, must agree with them, except for the n-gram fields (with
+            ``embedding_dim`` = its contextual width + ``ngram_dim``): those add or replace the hashed n-gram
+            channel (started at the idf) and keep every contextual weight.
         tokenizer: `ByteTokenizer` settings (``normalization``, ``lowercase``, ``collapse_whitespace``); the
             model directory records them, and encoding applies the same ones. ``"kind": "bpe"`` with
             ``vocab_size`` (and optionally ``train_bytes``, default 8,000,000) trains a byte-level BPE

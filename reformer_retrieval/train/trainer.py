@@ -288,13 +288,13 @@ class Trainer:
         loaded = dataclasses.asdict(self.model.config)
         wanted = dataclasses.asdict(self.model.config.replace(**cfg.model))
         differ = sorted(k for k, v in wanted.items() if loaded[k] != v)
-        graft = not loaded["ngram_size"] and wanted["ngram_size"] and set(differ) <= {*NGRAM_FIELDS, "embedding_dim"}
-        if graft:
-            need = loaded["embedding_dim"] + wanted["ngram_dim"]
+        regraft = bool(differ) and bool(wanted["ngram_size"]) and set(differ) <= {*NGRAM_FIELDS, "embedding_dim"}
+        if regraft:
+            need = self.model.config.context_dim + wanted["ngram_dim"]
             if wanted["embedding_dim"] != need:
                 raise TrainError(
-                    f"init_from {str(directory)!r}: to add the n-gram channel, model.embedding_dim must be {need} "
-                    f"(its {loaded['embedding_dim']} + ngram_dim {wanted['ngram_dim']})"
+                    f"init_from {str(directory)!r}: to add or replace the n-gram channel, model.embedding_dim must "
+                    f"be {need} (its contextual {self.model.config.context_dim} + ngram_dim {wanted['ngram_dim']})"
                 )
         elif differ:
             raise TrainError(f"init_from {str(directory)!r}: its model differs from the config's in {differ}")
@@ -302,26 +302,35 @@ class Trainer:
         # vocab_size is the size asked of a new vocabulary, which a small corpus may not reach)
         given = {**ByteTokenizer(**cfg.tokenizer_settings()).to_dict(), "kind": cfg.tokenizer_kind}
         have = {**self.tokenizer.to_dict(), "kind": self.tokenizer.kind}
-        differ = sorted(k for k in given if k != "max_len" and given[k] != have.get(k))
-        if differ:
-            raise TrainError(f"init_from {str(directory)!r}: its tokenizer differs from the config's in {differ}")
+        differ_tok = sorted(k for k in given if k != "max_len" and given[k] != have.get(k))
+        if differ_tok:
+            raise TrainError(f"init_from {str(directory)!r}: its tokenizer differs from the config's in {differ_tok}")
         self.log(f"initial weights: model {self.initial_model['model_id']} from {directory}")
-        if graft and self._resume_dir is None:  # a resumed run reads the grafted model from its checkpoint
-            self._graft_ngrams(directory)
+        if regraft and self._resume_dir is None:  # a resumed run reads the grafted model from its checkpoint
+            self._graft_ngrams(directory, keep_channel=set(differ) == {"ngram_weight"})
 
-    def _graft_ngrams(self, directory: Path) -> None:
-        """Add the hashed n-gram channel to a loaded model that has none (its embedding becomes the contextual
-        channel): every loaded weight is kept, the n-gram vectors start fresh (seeded), and the n-gram weights
-        start at the idf (`_init_ngram_weights`)."""
+    def _graft_ngrams(self, directory: Path, keep_channel: bool) -> None:
+        """Give a loaded model the config's n-gram channel, keeping every contextual weight: add one to a model
+        that has none (its embedding becomes the contextual channel) or replace its channel by one of another
+        shape (its n-gram weights are dropped). The new channel's vectors start fresh (seeded) and its weights
+        at the idf (`_init_ngram_weights`). With ``keep_channel`` (only ``ngram_weight`` changes) every loaded
+        weight is kept."""
         cfg = self.config
         loaded = self.model
         with _seeded_torch(_seed_of(cfg.seed, 1), torch.device("cpu"), True):
             self.model = ReformerEncoder(loaded.config.replace(**cfg.model))
-        missing, unexpected = self.model.load_state_dict(loaded.state_dict(), strict=False)
-        if unexpected or any(not k.startswith("ngrams.") for k in missing):
+        state = loaded.state_dict()
+        if not keep_channel:
+            state = {k: v for k, v in state.items() if not k.startswith("ngrams.")}
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        if unexpected or any(not k.startswith("ngrams.") for k in missing) or (keep_channel and missing):
             raise TrainError(f"init_from {str(directory)!r}: cannot add n-grams (missing {missing}, extra {unexpected})")
         self.model.eval()
-        self.log(f"init_from: hashed {self.model.config.ngram_size}-grams added to model {loaded.model_id}")
+        if keep_channel:
+            self.log(f"init_from: n-gram weight {self.model.config.ngram_weight:g} for model {loaded.model_id}")
+            return
+        verb = "replaced in" if loaded.ngrams is not None else "added to"
+        self.log(f"init_from: hashed {self.model.config.ngram_size}-grams {verb} model {loaded.model_id}")
         self._init_ngram_weights()
 
     def _init_ngram_weights(self) -> None:

@@ -144,3 +144,122 @@ def test_config_checks_and_keeps_old_model_ids(tiny_config: ReformerConfig) -> N
         tiny_config.replace(ngram_dim=8)  # would vanish from to_dict and the model id
     with pytest.raises(ValueError, match="ngram_weight"):
         on.replace(ngram_weight="0.5")
+
+
+@torch.no_grad()
+def _naive_channel(ngrams: HashedNgrams, ids: torch.Tensor) -> torch.Tensor:
+    """The channel of one unpadded row, written out bucket by bucket (the reference for every tf/projection)."""
+    rows = ngrams.bucket_ids(ids.reshape(1, -1))[0].tolist()
+    counts: dict[int, int] = {}
+    for b in rows:
+        counts[b] = counts.get(b, 0) + 1
+    bag = torch.zeros(ngrams.dim, dtype=torch.float64)
+    for b, k in counts.items():
+        tf = {"raw": k, "log": 1.0 + math.log(k), "binary": 1.0}[ngrams.tf]
+        weight = tf * math.exp(float(ngrams.log_weight[b]))
+        if ngrams.projection == "table":
+            bag += weight * ngrams.embedding.weight[b].double()
+        else:
+            coordinate, sign = ngrams.sketch_coordinates(torch.tensor([b]))
+            bag[int(coordinate)] += weight * float(sign)
+    return (bag / bag.norm()).float()
+
+
+@pytest.mark.parametrize("projection", ["table", "sketch"])
+@pytest.mark.parametrize("tf", ["raw", "log", "binary"])
+def test_every_tf_and_projection_matches_the_bucket_by_bucket_sum(tf: str, projection: str) -> None:
+    torch.manual_seed(0)
+    ngrams = HashedNgrams(3, 64, 16, seed=2, tf=tf, projection=projection)  # few buckets: many repeats
+    ngrams.set_log_weights(torch.randn(64, generator=torch.Generator().manual_seed(1)))
+    batch = ByteTokenizer()(["abcabcabc abc xyz abc", "a longer second row, so the first one is padded"])
+    with torch.no_grad():
+        out = ngrams(batch["input_ids"], batch["attention_mask"].bool())
+    for row in range(2):
+        ids = batch["input_ids"][row, : int(batch["attention_mask"][row].sum())]
+        assert torch.allclose(out[row], _naive_channel(ngrams, ids), atol=1e-5), (tf, projection, row)
+
+
+def test_log_and_binary_tf_damp_repetition() -> None:
+    tok = ByteTokenizer()
+    base, repeated = "the unique part of this document", "the unique part of this document" + " boilerplate" * 40
+    other = "boilerplate " * 41
+    sims = {}
+    for tf in ("raw", "log", "binary"):
+        ngrams = HashedNgrams(4, 1 << 16, 512, seed=0, tf=tf, projection="sketch")
+        batch = tok([base, repeated, other])
+        with torch.no_grad():
+            e = ngrams(batch["input_ids"], batch["attention_mask"].bool())
+        sims[tf] = (float(e[0] @ e[1]), float(e[1] @ e[2]))
+    # repeated boilerplate dominates raw counts; counted once (binary) or logarithmically it weighs far less
+    assert sims["raw"][0] < sims["log"][0] < sims["binary"][0]
+    assert sims["raw"][1] > sims["log"][1] > sims["binary"][1]
+
+
+def test_sketch_has_no_table_and_estimates_the_weighted_cosine() -> None:
+    sketch = HashedNgrams(4, 1 << 20, 2048, seed=0, tf="binary", projection="sketch")
+    assert sketch.embedding is None and "embedding.weight" not in sketch.state_dict()
+    assert set(sketch.state_dict()) == {"multipliers", "sketch_multipliers", "log_weight"}
+    coordinate, sign = sketch.sketch_coordinates(torch.arange(1 << 16))
+    assert int(coordinate.min()) == 0 and int(coordinate.max()) == 2047 and set(sign.tolist()) == {-1.0, 1.0}
+    assert abs(float(sign.mean())) < 0.02 and len(torch.unique(coordinate)) == 2048  # spread evenly
+    # two random documents sharing about half their 4-grams: the sketch's cosine is near the exact set cosine
+    gen = torch.Generator().manual_seed(0)
+    shared = torch.randint(4, 260, (3000,), generator=gen)
+    a = torch.cat([shared, torch.randint(4, 260, (3000,), generator=gen)]).reshape(1, -1)
+    b = torch.cat([shared, torch.randint(4, 260, (3000,), generator=gen)]).reshape(1, -1)
+    with torch.no_grad():
+        ea, eb = (sketch(x, torch.ones_like(x, dtype=torch.bool)) for x in (a, b))
+    sa, sb = (set(sketch.bucket_ids(x)[0].tolist()) for x in (a, b))
+    exact = len(sa & sb) / math.sqrt(len(sa) * len(sb))
+    assert float(ea[0] @ eb[0]) == pytest.approx(exact, abs=0.06)  # std about 1 / sqrt(2048) = 0.022
+
+
+def test_sketch_channel_is_batch_invariant_deterministic_and_trainable(ngram_config: ReformerConfig) -> None:
+    config = ngram_config.replace(ngram_buckets=1 << 18, ngram_tf="log", ngram_projection="sketch")
+    torch.manual_seed(0)
+    model = ReformerEncoder(config).eval()
+    model.ngrams.set_log_weights(torch.randn(1 << 18, generator=torch.Generator().manual_seed(4)))
+    tok = ByteTokenizer()
+    texts = ["a short document", "a much longer document that forces padding on the first row", ""]
+    with torch.no_grad():
+        together = model(**_args(tok(texts)))
+        alone = torch.cat([model(**_args(tok([t]))) for t in texts])
+        again = model(**_args(tok(texts)))
+    assert torch.allclose(together, alone, atol=1e-6) and torch.equal(together, again)
+    assert torch.equal(together[2], torch.zeros(48))  # no real token: the zero vector
+    model.train()
+    emb = model(**_args(tok(texts[:2])))
+    (emb[0] @ emb[1]).backward()
+    assert model.ngrams.log_weight.grad.abs().sum() > 0
+
+
+def _args(batch: dict) -> dict:
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+def test_sketch_model_saves_and_loads(ngram_config: ReformerConfig, tmp_path) -> None:
+    config = ngram_config.replace(ngram_buckets=4096, ngram_tf="binary", ngram_projection="sketch")
+    torch.manual_seed(0)
+    model = ReformerEncoder(config).eval()
+    model.ngrams.set_log_weights(torch.rand(4096, generator=torch.Generator().manual_seed(2)))
+    model.save_pretrained(tmp_path / "m")
+    loaded = ReformerEncoder.from_pretrained(tmp_path / "m")
+    assert loaded.config == config and loaded.model_id == model.model_id
+    batch = ByteTokenizer()(["the same text, encoded twice"])
+    with torch.no_grad():
+        assert torch.equal(model(**_args(batch)), loaded(**_args(batch)))
+
+
+def test_new_ngram_fields_are_checked_and_left_out_at_their_defaults(ngram_config: ReformerConfig) -> None:
+    assert "ngram_tf" not in ngram_config.to_dict() and "ngram_projection" not in ngram_config.to_dict()
+    sketch = ngram_config.replace(ngram_tf="log", ngram_projection="sketch")
+    assert sketch.to_dict()["ngram_tf"] == "log" and sketch.to_dict()["ngram_projection"] == "sketch"
+    assert ReformerConfig.from_json(sketch.to_json()) == sketch
+    with pytest.raises(ValueError, match=r"ngram_tf='sqrt'.*one of"):
+        ngram_config.replace(ngram_tf="sqrt")
+    with pytest.raises(ValueError, match=r"ngram_projection='dense'"):
+        ngram_config.replace(ngram_projection="dense")
+    with pytest.raises(ValueError, match=r"ngram_tf.*only with ngram_size"):
+        ngram_config.replace(ngram_size=0, ngram_dim=128, ngram_buckets=16_384, ngram_weight=0.5, ngram_tf="log")
+    with pytest.raises(ValueError, match="tf="):
+        HashedNgrams(3, 16, 4, seed=0, tf="sqrt")

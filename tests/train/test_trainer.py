@@ -267,6 +267,43 @@ def test_init_from_adds_the_ngram_channel_to_a_model_without_it(
         Trainer(grafted.replace(model={**ngram, "embedding_dim": dim + 16}), corpus_dir, tmp_path / "w2").run()
 
 
+def test_init_from_replaces_an_ngram_channel_and_keeps_the_contextual_weights(
+    corpus_dir: Path, tmp_path: Path, tiny_train_config: TrainConfig
+) -> None:
+    base = tiny_train_config.replace(steps=2, val_docs=0, ngram_idf_docs=5, ngram_idf_tokens=200)
+    dim = base.model_config().embedding_dim
+    table = {"ngram_size": 3, "ngram_buckets": 256, "ngram_dim": 8, "ngram_weight": 0.5, "embedding_dim": dim + 8}
+    Trainer(base.replace(model={**base.model, **table}), corpus_dir, tmp_path / "first").run()
+    start = ReformerEncoder.from_pretrained(tmp_path / "first")
+    sketch = {**table, "ngram_buckets": 4096, "ngram_dim": 24, "ngram_tf": "log", "ngram_projection": "sketch",
+              "embedding_dim": dim + 24}
+    replaced = base.replace(init_from=str(tmp_path / "first"), model=sketch, ngram_idf_power=1.0)
+    logs: list[str] = []
+    trainer = Trainer(replaced, corpus_dir, tmp_path / "paused", log=logs.append)
+    trainer.run(stop_at=0)
+    model = ReformerEncoder.from_pretrained(tmp_path / "paused")
+    assert model.config.ngram_projection == "sketch" and model.config.context_dim == dim
+    assert any("3-grams replaced in model " + start.model_id in line for line in logs)
+    for name, tensor in start.state_dict().items():  # every contextual weight kept, the old channel dropped
+        if not name.startswith("ngrams."):
+            assert torch.equal(model.state_dict()[name], tensor), name
+    assert "ngrams.embedding.weight" not in model.state_dict()
+    order = np.random.default_rng([replaced.seed, 0x1DF]).permutation(trainer.train_idx)[:5]
+    seqs = [trainer.tokenizer.encode(trainer.corpus.texts[i], 200)[0] for i in order.tolist()]
+    from reformer_retrieval.model.ngram_hash import idf_log_weights
+
+    assert np.allclose(model.ngrams.log_weight.detach().numpy(), idf_log_weights(model.ngrams, seqs, 1.0))
+    # only the weight of the channel changes: every weight is kept, the channel's too
+    reweighted = base.replace(init_from=str(tmp_path / "first"), model={**table, "ngram_weight": 0.8})
+    Trainer(reweighted, corpus_dir, tmp_path / "reweighted").run(stop_at=0)
+    again = ReformerEncoder.from_pretrained(tmp_path / "reweighted")
+    assert again.config.ngram_weight == 0.8
+    for name, tensor in start.state_dict().items():
+        assert torch.equal(again.state_dict()[name], tensor), name
+    with pytest.raises(TrainError, match=f"embedding_dim must be {dim + 24}"):
+        Trainer(replaced.replace(model={**sketch, "embedding_dim": dim + 40}), corpus_dir, tmp_path / "w").run()
+
+
 @pytest.mark.slow
 def test_a_grafted_run_resumes_exactly(corpus_dir: Path, tmp_path: Path, tiny_train_config: TrainConfig) -> None:
     base = tiny_train_config.replace(steps=2, val_docs=0)
