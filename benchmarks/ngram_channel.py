@@ -100,23 +100,22 @@ def channel_similarity(spec: ChannelSpec, ids: list[np.ndarray], idf_ids: list[n
     from reformer_retrieval.model.ngram_hash import idf_log_weights
 
     module = _module(spec, seed)
-    log_weight = idf_log_weights(module, idf_ids, spec.power)
+    module.set_log_weights(idf_log_weights(module, idf_ids, spec.power))
+    vectors = np.zeros((len(ids), spec.dim), dtype=np.float32)
+    cols, vals = [], []
+    with torch.no_grad():
+        for i, seq in enumerate(ids):
+            x = torch.as_tensor(seq, dtype=torch.int64).reshape(1, -1)
+            mask = torch.ones_like(x, dtype=torch.bool)
+            if spec.dim:
+                vectors[i] = module(x, mask)[0].numpy()
+            else:  # exact: the weighted bucket vector itself, as a sparse row
+                _, distinct, weights = module.weighted_buckets(module.bucket_ids(x), mask)
+                cols.append(distinct.numpy())
+                vals.append(weights.numpy().astype(np.float64))
     if spec.dim:
-        module.set_log_weights(log_weight)
-        vectors = np.zeros((len(ids), spec.dim), dtype=np.float32)
-        with torch.no_grad():
-            for i, seq in enumerate(ids):
-                x = torch.as_tensor(seq, dtype=torch.int64).reshape(1, -1)
-                vectors[i] = module(x, torch.ones_like(x, dtype=torch.bool))[0].numpy()
         return vectors @ vectors.T
-    rows, cols, vals = [], [], []
-    for i, seq in enumerate(ids):  # exact: the weighted bucket vector itself, as a sparse row
-        buckets = module.bucket_ids(torch.as_tensor(seq, dtype=torch.int64).reshape(1, -1))[0].numpy()
-        distinct, counts = np.unique(buckets, return_counts=True)
-        tf = {"raw": counts.astype(np.float64), "log": 1.0 + np.log(counts), "binary": np.ones(len(counts))}[spec.tf]
-        rows.append(np.full(len(distinct), i))
-        cols.append(distinct)
-        vals.append(tf * np.exp(log_weight[distinct].astype(np.float64)))
+    rows = [np.full(len(c), i) for i, c in enumerate(cols)]
     m = sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=(len(ids), spec.buckets))
     norms = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
     m = sp.diags(1.0 / np.maximum(norms, 1e-12)) @ m

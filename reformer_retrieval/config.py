@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NGRAM_FIELDS", "ReformerConfig"]
+__all__ = ["NGRAM_FIELDS", "NGRAM_PROJECTIONS", "NGRAM_TF", "ReformerConfig"]
 
 _ATTENTION_KINDS = ("lsh", "local")
 NGRAM_FIELDS = ("ngram_size", "ngram_buckets", "ngram_dim", "ngram_weight", "ngram_tf", "ngram_projection")
 """The fields of the hashed n-gram channel (left out of `ReformerConfig.to_dict` while ``ngram_size`` is 0)."""
-_NGRAM_TF = ("raw", "log", "binary")
-_NGRAM_PROJECTIONS = ("table", "sketch")
+NGRAM_TF = ("raw", "log", "binary")
+"""Values of ``ngram_tf``."""
+NGRAM_PROJECTIONS = ("table", "sketch")
+"""Values of ``ngram_projection``."""
 _OMITTED_AT_DEFAULT = ("ngram_tf", "ngram_projection")
 """Fields added after models were published: left out of `ReformerConfig.to_dict` at their defaults, so those
 models keep their config text and ``model_id``."""
@@ -248,10 +250,10 @@ class ReformerConfig:
             self._fail("ngram_weight", "must be a number in (0, 1)")
         if not 0.0 < self.ngram_weight < 1.0:
             self._fail("ngram_weight", "must lie in (0, 1)")
-        if self.ngram_tf not in _NGRAM_TF:
-            self._fail("ngram_tf", f"must be one of {_NGRAM_TF}")
-        if self.ngram_projection not in _NGRAM_PROJECTIONS:
-            self._fail("ngram_projection", f"must be one of {_NGRAM_PROJECTIONS}")
+        if self.ngram_tf not in NGRAM_TF:
+            self._fail("ngram_tf", f"must be one of {NGRAM_TF}")
+        if self.ngram_projection not in NGRAM_PROJECTIONS:
+            self._fail("ngram_projection", f"must be one of {NGRAM_PROJECTIONS}")
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

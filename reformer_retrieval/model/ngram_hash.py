@@ -38,10 +38,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["NGRAM_PROJECTIONS", "NGRAM_TF", "HashedNgrams", "idf_log_weights"]
+from reformer_retrieval.config import NGRAM_PROJECTIONS, NGRAM_TF
 
-NGRAM_TF = ("raw", "log", "binary")
-NGRAM_PROJECTIONS = ("table", "sketch")
+__all__ = ["HashedNgrams", "idf_log_weights"]
 
 _PRIME = (1 << 31) - 1
 
@@ -126,6 +125,31 @@ class HashedNgrams(nn.Module):
             table = self.embedding.weight
             bag = F.embedding_bag(buckets, table, per_sample_weights=weights.to(table.dtype), mode="sum")
             return F.normalize(bag.float(), dim=-1)
+        rows, distinct, weights = self.weighted_buckets(buckets, mask)
+        if self.projection == "table":
+            table = self.embedding.weight
+            offsets = _offsets(rows, buckets.shape[0])
+            bag = F.embedding_bag(distinct, table, offsets, per_sample_weights=weights.to(table.dtype), mode="sum")
+        else:
+            coordinate, sign = self.sketch_coordinates(distinct)
+            bag = _segment_sum(rows * self.dim + coordinate, weights * sign, buckets.shape[0] * self.dim)
+            bag = bag.view(buckets.shape[0], self.dim)
+        return F.normalize(bag.float(), dim=-1)
+
+    def weighted_buckets(
+        self, buckets: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The weighted bag of every row before projection: (row, bucket, weight) of the distinct buckets of the
+        row's real positions (``mask`` True), sorted by row, then bucket.
+
+        Args:
+            buckets: (batch, length) bucket ids (`bucket_ids`).
+            mask: (batch, length) bool, True at real tokens.
+
+        Returns:
+            The rows, buckets and float32 weights ``tf(count) * exp(log_weight)``, each row's weights divided by
+            its largest ``exp(log_weight)`` (a scale the normalised channel does not see).
+        """
         rows, distinct, counts = _distinct_buckets(buckets, mask, self.buckets)
         if self.tf == "raw":
             tf = counts.to(torch.float32)
@@ -137,16 +161,7 @@ class HashedNgrams(nn.Module):
         top = torch.full((buckets.shape[0],), float("-inf"), device=log_weight.device)
         top = top.scatter_reduce(0, rows, log_weight.detach(), "amax")
         top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))
-        weights = tf * torch.exp(log_weight - top[rows])
-        if self.projection == "table":
-            table = self.embedding.weight
-            offsets = _offsets(rows, buckets.shape[0])
-            bag = F.embedding_bag(distinct, table, offsets, per_sample_weights=weights.to(table.dtype), mode="sum")
-        else:
-            coordinate, sign = self.sketch_coordinates(distinct)
-            bag = _segment_sum(rows * self.dim + coordinate, weights * sign, buckets.shape[0] * self.dim)
-            bag = bag.view(buckets.shape[0], self.dim)
-        return F.normalize(bag.float(), dim=-1)
+        return rows, distinct, tf * torch.exp(log_weight - top[rows])
 
     @torch.no_grad()
     def set_log_weights(self, log_weight: np.ndarray | torch.Tensor) -> None:

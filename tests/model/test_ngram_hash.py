@@ -147,16 +147,20 @@ def test_config_checks_and_keeps_old_model_ids(tiny_config: ReformerConfig) -> N
 
 
 @torch.no_grad()
+def _naive_weights(ngrams: HashedNgrams, ids: torch.Tensor) -> dict[int, float]:
+    """Every bucket of one unpadded row and its weight tf * exp(log-weight), counted one position at a time."""
+    counts: dict[int, int] = {}
+    for b in ngrams.bucket_ids(ids.reshape(1, -1))[0].tolist():
+        counts[b] = counts.get(b, 0) + 1
+    tfs = {b: {"raw": k, "log": 1.0 + math.log(k), "binary": 1.0}[ngrams.tf] for b, k in counts.items()}
+    return {b: tf * math.exp(float(ngrams.log_weight[b])) for b, tf in tfs.items()}
+
+
+@torch.no_grad()
 def _naive_channel(ngrams: HashedNgrams, ids: torch.Tensor) -> torch.Tensor:
     """The channel of one unpadded row, written out bucket by bucket (the reference for every tf/projection)."""
-    rows = ngrams.bucket_ids(ids.reshape(1, -1))[0].tolist()
-    counts: dict[int, int] = {}
-    for b in rows:
-        counts[b] = counts.get(b, 0) + 1
     bag = torch.zeros(ngrams.dim, dtype=torch.float64)
-    for b, k in counts.items():
-        tf = {"raw": k, "log": 1.0 + math.log(k), "binary": 1.0}[ngrams.tf]
-        weight = tf * math.exp(float(ngrams.log_weight[b]))
+    for b, weight in _naive_weights(ngrams, ids).items():
         if ngrams.projection == "table":
             bag += weight * ngrams.embedding.weight[b].double()
         else:
@@ -177,6 +181,23 @@ def test_every_tf_and_projection_matches_the_bucket_by_bucket_sum(tf: str, proje
     for row in range(2):
         ids = batch["input_ids"][row, : int(batch["attention_mask"][row].sum())]
         assert torch.allclose(out[row], _naive_channel(ngrams, ids), atol=1e-5), (tf, projection, row)
+
+
+@pytest.mark.parametrize("tf", ["raw", "log", "binary"])
+def test_weighted_buckets_are_the_rows_distinct_buckets_and_weights(tf: str) -> None:
+    ngrams = HashedNgrams(3, 64, 16, seed=2, tf=tf, projection="sketch")
+    ngrams.set_log_weights(torch.randn(64, generator=torch.Generator().manual_seed(1)))
+    batch = ByteTokenizer()(["abcabcabc abc xyz abc", "a longer second row, so the first one is padded"])
+    mask = batch["attention_mask"].bool()
+    with torch.no_grad():
+        rows, buckets, weights = ngrams.weighted_buckets(ngrams.bucket_ids(batch["input_ids"]), mask)
+    assert torch.equal(rows, torch.sort(rows, stable=True).values)
+    for row in range(2):
+        expected = _naive_weights(ngrams, batch["input_ids"][row, : int(mask[row].sum())])
+        got = dict(zip(buckets[rows == row].tolist(), weights[rows == row].double().tolist()))
+        assert sorted(got) == sorted(expected), (tf, row)
+        scale = max(math.exp(float(ngrams.log_weight.detach()[b])) for b in expected)  # each row's largest exp(log-weight)
+        assert all(math.isclose(got[b], expected[b] / scale, rel_tol=1e-5) for b in expected), (tf, row)
 
 
 def test_log_and_binary_tf_damp_repetition() -> None:
