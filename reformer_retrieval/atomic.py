@@ -7,11 +7,34 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_text"]
+
+
+_TEMP_ATTEMPTS = 100
+
+
+def _create_temp(target: Path, suffix: str) -> Path:
+    """Create an empty, new temporary file beside ``target`` and return its path.
+
+    The file is created with mode ``0o666`` and the kernel applies the process umask, so the final file
+    gets the permissions of an ordinary ``open(target, "w")``. Unlike ``tempfile.mkstemp`` (mode 0600,
+    then a chmod that needs the umask, which can only be read by setting it: a race with other threads),
+    nothing global is read or changed.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0) | getattr(os, "O_NOFOLLOW", 0)
+    for _ in range(_TEMP_ATTEMPTS):
+        tmp = target.parent / f".{target.name}.{secrets.token_hex(6)}{suffix}.tmp"
+        try:
+            fd = os.open(tmp, flags, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return tmp
+    raise FileExistsError(f"could not create a temporary file beside {target} ({_TEMP_ATTEMPTS} names taken)")
 
 
 @contextlib.contextmanager
@@ -22,12 +45,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the final file ordinary permissions
+    tmp = _create_temp(target, suffix)
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
