@@ -17,6 +17,7 @@ Examples:
   reformer-retrieval dedup corpus.parquet -o out/ --method minhash --threshold 0.5
   reformer-retrieval dedup emb.parquet -o out/ --index hnsw --k 32          # from embeddings
   reformer-retrieval dedup emb.parquet -o out/ --method hybrid --corpus corpus.parquet
+  reformer-retrieval dedup corpus.parquet -o out2/ --exclude-pairs marks.jsonl   # after `report` review
 
 \b
 INPUT is a corpus (id + text columns; encoded with --model, the embeddings kept in
@@ -56,14 +57,17 @@ for --method hybrid; else the library default), Jaccard 0.2 on word 2-grams (cho
               help="MinHash shingle unit.")
 @click.option("--ngram", type=click.IntRange(min=1), default=2, show_default=True, help="MinHash shingle length.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="FAISS threads [default: all cores].")
+@click.option("--exclude-pairs", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              metavar="MARKS", help="Marks file from `report` (JSON Lines or CSV): pairs marked not_duplicate "
+              "stay in separate clusters.")
 @click.option("--resume", is_flag=True, help="Reuse OUT_DIR/embeddings.parquet (or its parts) from an earlier run.")
 @click.option("--show", type=click.IntRange(min=0), default=10, show_default=True,
               help="Clusters to print (0: none).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def dedup(input_path: str, output: Path, method: str, threshold: float | None, minhash_threshold: float | None,
           index_kind: str, k: int, keep: str, corpus: str | None, model: Path | None, device: str, id_column: str,
-          text_column: str, num_perm: int, shingle: str, ngram: int, threads: int | None, resume: bool, show: int,
-          quiet: bool) -> None:
+          text_column: str, num_perm: int, shingle: str, ngram: int, threads: int | None, exclude_pairs: Path | None,
+          resume: bool, show: int, quiet: bool) -> None:
     """Find near-duplicate clusters in INPUT and write them to OUT_DIR."""
     from reformer_retrieval.cli.errors import reported_as_click_errors
     from reformer_retrieval.indexes import IndexInputError, set_threads
@@ -80,6 +84,10 @@ def dedup(input_path: str, output: Path, method: str, threshold: float | None, m
     try:
         with reported_as_click_errors(*errors):
             set_threads(threads)
+            if exclude_pairs is not None:
+                from reformer_retrieval.marks import not_duplicate_pairs, read_marks
+
+                options["exclude_pairs"] = not_duplicate_pairs(read_marks(exclude_pairs))
             try:
                 read_embeddings_metadata(input_path)
                 is_embeddings = True

@@ -342,6 +342,7 @@ def find_duplicates(
     show_progress: bool = False,
     shingle_sets: Sequence[np.ndarray] | None = None,
     signatures: np.ndarray | None = None,
+    exclude_pairs: Sequence[tuple[Any, Any]] | None = None,
 ) -> DedupResult:
     """Find near-duplicate clusters among documents given by vectors and/or texts.
 
@@ -370,6 +371,8 @@ def find_duplicates(
             shingling when the same texts are deduplicated several times, e.g. in a threshold sweep).
         signatures: Pre-computed MinHash signatures ``(n, num_perm)`` of the texts with these MinHash
             settings (`minhash_inputs` gives both; saves the hashing in a threshold sweep).
+        exclude_pairs: Id pairs to keep in separate clusters (reviewer marks "not duplicate"); verified
+            pairs are filtered by `reformer_retrieval.marks.keep_apart` before clustering.
     """
     t_total = time.perf_counter()
     ids = list(ids)
@@ -469,6 +472,14 @@ def find_duplicates(
     labels = np.array(["minhash", "embedding", "minhash", "embedding+minhash"])
     pair_method = labels[pass_emb.astype(int) + 2 * pass_lex.astype(int)].tolist()
     seconds["verify"] = time.perf_counter() - t0
+    excluded = 0
+    if exclude_pairs:
+        from reformer_retrieval.marks import keep_apart
+
+        kept = keep_apart(ids, pairs, score, exclude_pairs)
+        excluded = int((~kept).sum())
+        pairs, cos, jac, score = pairs[kept], cos[kept], jac[kept], score[kept]
+        pair_method = [m_ for m_, k_ in zip(pair_method, kept.tolist()) if k_]
 
     t0 = time.perf_counter()
     cluster = union_find(n, pairs[:, 0], pairs[:, 1])
@@ -506,6 +517,8 @@ def find_duplicates(
         "minhash": ({"num_perm": num_perm, "shingle": shingle, "ngram": ngram} if use_lex else None),
         "seconds": {k_: round(v, 3) for k_, v in seconds.items()},
     }
+    if exclude_pairs is not None:
+        summary["excluded_pairs"] = excluded
     if truncated is not None and len(pairs):
         tr = np.asarray(truncated, dtype=bool)
         summary["pairs_with_truncated"] = int((tr[pairs[:, 0]] & tr[pairs[:, 1]]).sum())
@@ -591,6 +604,8 @@ def dedup_embeddings(
         truncated=table.truncated, model_dir=model_dir, **kwargs,
     )
     result.summary["model_id"] = table.model_id
+    result.summary["corpus"] = None if corpus is None else {"path": str(Path(corpus).resolve()),
+                                                            "id_column": id_column, "text_column": text_column}
     result.summary["seconds"]["read"] = round(read_s, 3)
     if out_dir is not None:
         result.write(out_dir)
@@ -678,6 +693,7 @@ def dedup_corpus(
         show_progress=show_progress, **kwargs,
     )
     result.summary["model_id"] = model_id
+    result.summary["corpus"] = {"path": str(Path(corpus).resolve()), "id_column": id_column, "text_column": text_column}
     result.summary["skipped_rows"] = len(report)
     for key, value in seconds.items():
         result.summary["seconds"][key] = round(value, 3)
