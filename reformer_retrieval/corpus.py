@@ -1,7 +1,8 @@
-"""Corpus and embeddings Parquet I/O: streaming reads, schema checks, atomic writes.
+"""Corpus reading and embeddings Parquet I/O: streaming reads, schema checks, atomic writes.
 
 Reading a corpus (`iter_batches`) goes file by file and record batch by record batch, reading only the id
-and text columns, so memory stays bounded whatever the corpus size (only the set of ids seen so far grows,
+and text columns (corpora are Parquet, JSON Lines or CSV, plain or compressed: see
+`reformer_retrieval.corpus_formats`; every output is Parquet), so memory stays bounded whatever the corpus size (only the set of ids seen so far grows,
 to check that ids are unique). Bad rows (null id, null / empty / whitespace-only / non-UTF-8 text, repeated
 ids when the caller keeps the first) are never dropped silently: each one comes back as a `SkippedRecord`
 naming the file, the row and the reason, and `SkipReport` collects them into ``*.skipped.parquet``.
@@ -14,7 +15,6 @@ Embeddings files follow ARCHITECTURE.md: columns ``id`` (string or int64), ``emb
 from __future__ import annotations
 
 import contextlib
-import glob as _glob
 import os
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -27,16 +27,31 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reformer_retrieval.atomic import atomic_path
+from reformer_retrieval.corpus_formats import (
+    CorpusError,
+    count_file_rows,
+    describe_columns,
+    detect_format,
+    read_file_schema,
+    resolve_field,
+    resolve_sources,
+    scan_file,
+)
+from reformer_retrieval.corpus_formats import (
+    first_line as _first_line,
+)
 
 __all__ = [
     "CorpusError",
     "DocumentBatch",
+    "DuplicateIdError",
     "EmbeddingTable",
     "EmbeddingWriter",
     "SkipReport",
     "SkippedRecord",
     "corpus_id_kind",
     "count_rows",
+    "footer_row_count",
     "iter_batches",
     "iter_embeddings",
     "read_embeddings",
@@ -67,52 +82,25 @@ REASON_INVALID_UTF8 = "text is not valid UTF-8"
 REASON_DUPLICATE = "duplicate id"
 
 
-class CorpusError(ValueError):
-    """A corpus or embeddings file that cannot be used; the message is one line naming file, column or id."""
+class DuplicateIdError(CorpusError):
+    """An id that appears twice in a corpus read with ``on_duplicate="error"``.
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
-
-
-# --------------------------------------------------------------------------------------------- sources
-def resolve_sources(src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """The Parquet files a corpus argument names, in a fixed (sorted) order.
-
-    ``src`` is a Parquet file, a directory (every ``*.parquet`` below it, hidden and ``_``-prefixed entries
-    excluded, e.g. ``.parts`` folders or ``_SUCCESS``), a glob pattern (``shards/*.parquet``, ``**`` allowed),
-    or a list of any of these.
-
-    Raises:
-        CorpusError: if a path does not exist or nothing matches.
+    ``str(err)`` suggests the Python argument; `cli_message` the command-line flag.
     """
-    if isinstance(src, (list, tuple)):
-        files: list[Path] = []
-        for item in src:
-            files.extend(resolve_sources(item))
-        if not files:
-            raise CorpusError("corpus: an empty list of sources was given")
-        return files
-    path = Path(os.fspath(src))  # type: ignore[arg-type]
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        found = sorted(
-            p
-            for p in path.rglob("*.parquet")
-            if p.is_file() and not any(part.startswith((".", "_")) for part in p.relative_to(path).parts)
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(f"{detail} (ids must be unique; keep the first with on_duplicate='keep_first')")
+
+    def cli_message(self, has_flag: bool) -> str:
+        """The message for the command line: the ``--on-duplicate keep_first`` flag of this command, or
+        of ``encode`` when this command has none."""
+        if has_flag:
+            return f"{self.detail} (ids must be unique; keep the first with --on-duplicate keep_first)"
+        return (
+            f"{self.detail} (ids must be unique; `reformer-retrieval encode --on-duplicate keep_first` keeps "
+            "the first and lists the others as skipped)"
         )
-        if not found:
-            raise CorpusError(f"corpus directory {path} holds no *.parquet file")
-        return found
-    text = str(path)
-    if _glob.has_magic(text):
-        found = sorted(Path(p) for p in _glob.glob(text, recursive=True) if Path(p).is_file())
-        if not found:
-            raise CorpusError(f"corpus pattern {text!r} matches no file")
-        return found
-    raise CorpusError(f"corpus {path}: no such file or directory")
 
 
 def open_parquet(path: str | os.PathLike[str]) -> pq.ParquetFile:
@@ -126,17 +114,36 @@ def open_parquet(path: str | os.PathLike[str]) -> pq.ParquetFile:
         raise CorpusError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
 
 
+def _first_schema(files: Sequence[Path]) -> tuple[Path, pa.Schema] | None:
+    """The first file of a corpus that has a schema (empty JSON Lines / CSV files have none)."""
+    for path in files:
+        schema = read_file_schema(path)
+        if schema is not None:
+            return path, schema
+    return None
+
+
 def corpus_id_kind(
     src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]], id_column: str = "id", text_column: str = "text"
 ) -> IdKind:
     """``"int"`` or ``"str"``: the id kind of a corpus, from its first file's schema (columns checked)."""
-    path = resolve_sources(src)[0]
-    return _check_columns(path, open_parquet(path).schema_arrow, id_column, text_column)
+    found = _first_schema(resolve_sources(src))
+    return "str" if found is None else _check_columns(found[0], found[1], id_column, text_column)
 
 
 def count_rows(src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> int:
-    """Number of rows of a corpus, from the Parquet footers only (no data is read)."""
-    return sum(open_parquet(p).metadata.num_rows for p in resolve_sources(src))
+    """Number of rows of a corpus: Parquet files from their footers, JSON Lines / CSV files read through."""
+    return sum(count_file_rows(p) for p in resolve_sources(src))
+
+
+def footer_row_count(src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> int | None:
+    """Number of rows of a corpus when its footers tell (all Parquet), else None; never reads data."""
+    total = 0
+    for path in resolve_sources(src):
+        if detect_format(path).kind != "parquet":
+            return None
+        total += open_parquet(path).metadata.num_rows
+    return total
 
 
 def _value_type(t: pa.DataType) -> pa.DataType:
@@ -154,12 +161,17 @@ def _is_binary(t: pa.DataType) -> bool:
 
 
 def _check_columns(path: Path, schema: pa.Schema, id_column: str, text_column: str) -> IdKind:
-    names = schema.names
+    """The id kind of a file, after checking that both columns exist (dotted names reach into nested
+    records) and have usable types."""
+    types: dict[str, pa.DataType] = {}
     for column, role in ((id_column, "id"), (text_column, "text")):
-        if column not in names:
-            have = ", ".join(repr(n) for n in names) or "none"
-            raise CorpusError(f"{path}: no {role} column {column!r}; the file has columns: {have}")
-    id_type = schema.field(id_column).type
+        found = resolve_field(schema, column)
+        if found is None:
+            raise CorpusError(
+                f"{path}: no {role} column {column!r}; the file has columns: {describe_columns(schema)}"
+            )
+        types[role] = found[1]
+    id_type = types["id"]
     if pa.types.is_integer(_value_type(id_type)):
         kind: IdKind = "int"
     elif _is_string(id_type):
@@ -168,8 +180,8 @@ def _check_columns(path: Path, schema: pa.Schema, id_column: str, text_column: s
         raise CorpusError(
             f"{path}: id column {id_column!r} has type {id_type}; ids must be strings or integers"
         )
-    text_type = schema.field(text_column).type
-    if not (_is_string(text_type) or _is_binary(text_type)):
+    text_type = types["text"]
+    if not (_is_string(text_type) or _is_binary(text_type) or pa.types.is_null(text_type)):
         raise CorpusError(
             f"{path}: text column {text_column!r} has type {text_type}; it must hold strings"
         )
@@ -223,16 +235,17 @@ def iter_batches(
     batch_size: int = 1024,
     on_duplicate: Literal["error", "keep_first"] = "error",
 ) -> Iterator[DocumentBatch]:
-    """Stream a Parquet corpus as `DocumentBatch` es of at most ``batch_size`` rows each.
+    """Stream a corpus (Parquet, JSON Lines or CSV) as `DocumentBatch` es of at most ``batch_size`` rows each.
 
-    Only the two columns are read, one record batch at a time; every file is checked before its rows are
+    Only the two columns are read, one record batch at a time (`reformer_retrieval.corpus_formats.scan_file`); every file is checked before its rows are
     read (missing column, wrong type, unreadable file: `CorpusError`). Ids must be unique across the
     whole corpus and of one kind (all strings or all integers).
 
     Args:
-        src: A Parquet file, a directory of shards, a glob, or a list of these (see `resolve_sources`).
-        id_column: Name of the id column.
-        text_column: Name of the text column (string, or binary holding UTF-8).
+        src: A corpus file, a directory of shards, a glob, a ``file://`` URI, or a list of these (see
+            `resolve_sources`).
+        id_column: Name of the id column (a dotted name reaches into nested records: ``meta.id``).
+        text_column: Name of the text column (string, or binary holding UTF-8; dotted names too).
         batch_size: Rows read per batch (a batch holds at most this many documents + skipped rows).
         on_duplicate: ``"error"`` raises on a repeated id (naming it and both rows); ``"keep_first"``
             keeps the first valid row of each id and reports the others as skipped.
@@ -252,27 +265,22 @@ def iter_batches(
     id_kind: IdKind | None = None
     first_kind_file: Path | None = None
     for file_index, path in enumerate(files):
-        pf = open_parquet(path)
-        kind = _check_columns(path, pf.schema_arrow, id_column, text_column)
+        fmt = detect_format(path)
+        schema = read_file_schema(path, fmt)
+        if schema is None:  # an empty JSON Lines / CSV file
+            continue
+        kind = _check_columns(path, schema, id_column, text_column)
         if id_kind is None:
             id_kind, first_kind_file = kind, path
         elif kind != id_kind:
             raise CorpusError(
                 f"{path}: id column {id_column!r} holds {kind} ids but {first_kind_file} holds {id_kind} ids"
             )
-        if pf.metadata.num_rows == 0:
-            continue
         row = 0
-        batches = pf.iter_batches(batch_size=batch_size, columns=[id_column, text_column], use_threads=False)
-        while True:
-            try:
-                record_batch = next(batches)
-            except StopIteration:
-                break
-            except (pa.ArrowException, OSError, ValueError) as exc:
-                raise CorpusError(f"{path}: cannot read rows from {row} on ({_first_line(exc)})") from None
-            ids = record_batch.column(id_column).to_pylist()
-            texts = record_batch.column(text_column).to_pylist()
+        columns = {"id": id_column, "text": text_column}
+        for record_batch in scan_file(path, columns, batch_size=batch_size, fmt=fmt, schema=schema):
+            ids = record_batch.column("id").to_pylist()
+            texts = record_batch.column("text").to_pylist()
             out = DocumentBatch(ids=[], texts=[], skipped=[], source=path, rows=[])
             for offset, (doc_id, text) in enumerate(zip(ids, texts)):
                 r = row + offset
@@ -287,10 +295,7 @@ def iter_batches(
                     prior_file, prior_row, prior_emitted = prior >> 41, (prior >> 1) & ((1 << 40) - 1), prior & 1
                     where = f"{files[prior_file]} row {prior_row}"
                     if on_duplicate == "error":
-                        raise CorpusError(
-                            f"duplicate id {doc_id!r}: {where} and {path} row {r} "
-                            "(ids must be unique; keep the first with on_duplicate='keep_first')"
-                        )
+                        raise DuplicateIdError(f"duplicate id {doc_id!r}: {where} and {path} row {r}")
                     if prior_emitted or reason is not None:
                         out.skipped.append(
                             SkippedRecord(doc_id, reason or f"{REASON_DUPLICATE} (kept {where})", str(path), r)
@@ -316,7 +321,7 @@ def read_texts(
     text_column: str = "text",
     on_duplicate: Literal["error", "keep_first"] = "error",
 ) -> tuple[list[Id], list[str], list[SkippedRecord]]:
-    """Every document of a Parquet corpus in memory: ``(ids, texts, skipped rows)``.
+    """Every document of a corpus (Parquet, JSON Lines or CSV) in memory: ``(ids, texts, skipped rows)``.
 
     Reads with `iter_batches` (same arguments, same checks and errors); use that to stream a corpus too
     large to hold.

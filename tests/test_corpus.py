@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
@@ -78,13 +79,17 @@ def test_directory_of_shards_and_glob(tmp_path):
 def test_only_projected_columns_are_read(tmp_path, monkeypatch):
     path = _write(tmp_path / "c.parquet", id=["a"], text=["t"], blob=["x" * 1000])
     seen = []
-    original = pq.ParquetFile.iter_batches
+    original = ds.dataset
 
-    def spy(self, *args, **kwargs):
-        seen.append(kwargs.get("columns"))
-        return original(self, *args, **kwargs)
+    class Spy:
+        def __init__(self, *args, **kwargs):
+            self.inner = original(*args, **kwargs)
 
-    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+        def scanner(self, **kwargs):
+            seen.append(sorted(str(e) for e in kwargs["columns"].values()))
+            return self.inner.scanner(**kwargs)
+
+    monkeypatch.setattr(ds, "dataset", Spy)
     _all(path)
     assert seen == [["id", "text"]]
 
