@@ -10,9 +10,11 @@ Documents longer than ``max_tokens`` are either truncated (``long_docs="truncate
 their token counts and re-normalised (``long_docs="window"``; a two-channel embedding is averaged and
 re-normalised channel by channel, so each channel keeps its share of the cosine).
 
-`Encoder.encode_parquet` streams a Parquet corpus into an embeddings file through numbered part files in
-``<dst>.parts/``; each part is written atomically, so a run killed at any moment can be continued with
-``resume=True`` and ends with exactly the same output as an uninterrupted run.
+`Encoder.encode_parquet` streams a corpus (Parquet, JSON Lines or CSV) into an embeddings Parquet file through
+numbered part files in ``<dst>.parts/``; a part closes at least every ``part_seconds`` (60 s) of work and is
+written atomically, so a run killed at any moment loses at most about that much work, can be continued with
+``resume=True`` (which encodes only what the finished parts do not hold) and ends with exactly the same output as
+an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 from tqdm.auto import tqdm
@@ -42,7 +45,7 @@ from reformer_retrieval.corpus import (
     SkippedRecord,
     SkipReport,
     corpus_id_kind,
-    count_rows,
+    footer_row_count,
     iter_batches,
     read_skipped,
     resolve_sources,
@@ -70,7 +73,15 @@ DEFAULT_BATCH_TOKENS = {"cpu": 65_536, "cuda": 262_144}
 """Padded tokens per forward pass when ``batch_tokens`` is not given, per device type."""
 
 PROGRESS_FILE = "progress.json"
-PARTS_FORMAT = 1
+PARTS_FORMAT = 2
+"""Version of the ``<dst>.parts`` layout (2: parts end anywhere; each records its rows)."""
+CHUNK_BATCHES = 8
+"""Documents are encoded in chunks of about this many forward passes (``batch_tokens`` each), sorted by length
+within a chunk."""
+MERGE_ROW_GROUP = 65_536
+"""Rows per row group of a merged embeddings file."""
+
+_clock = time.monotonic  # the clock parts are closed by (a test may replace it)
 LongDocs = Literal["truncate", "window"]
 
 _DTYPES = {
@@ -184,8 +195,10 @@ class _Prepared:
 class _Progress:
     """A tqdm bar over documents with a tokens/s read-out (tokens actually encoded in this run)."""
 
-    def __init__(self, total: int | None, enabled: bool, desc: str) -> None:
-        self.bar = tqdm(total=total, unit="doc", desc=desc, disable=not enabled, dynamic_ncols=True, mininterval=0.5)
+    def __init__(self, total: int | None, enabled: bool, desc: str, initial: int = 0) -> None:
+        self.bar = tqdm(
+            total=total, initial=initial, unit="doc", desc=desc, disable=not enabled, dynamic_ncols=True, mininterval=0.5
+        )
         self.tokens = 0
         self.start = time.perf_counter()
 
@@ -214,6 +227,8 @@ class EncodeSummary:
         seconds: Wall time of this call.
         skip_reasons: Skipped rows per reason.
         parts_resumed: Parts found finished from an earlier, interrupted run.
+        documents_resumed: Documents of those parts (read past, not encoded again).
+        tokens_encoded: Tokens encoded by this call (``tokens`` less those of the reused parts).
         model_id: Fingerprint of the model.
         max_tokens: Token limit per document (or per window).
         long_docs: ``"truncate"`` or ``"window"``.
@@ -228,6 +243,8 @@ class EncodeSummary:
     seconds: float
     skip_reasons: dict[str, int] = field(default_factory=dict)
     parts_resumed: int = 0
+    documents_resumed: int = 0
+    tokens_encoded: int | None = None
     model_id: str = ""
     max_tokens: int = 0
     long_docs: str = "truncate"
@@ -243,13 +260,17 @@ class EncodeSummary:
 
     def lines(self) -> list[str]:
         """The summary shown on screen: what was written, what was skipped, what was truncated."""
-        rate = self.tokens / self.seconds if self.seconds > 0 else 0.0
+        encoded = self.tokens if self.tokens_encoded is None else self.tokens_encoded
+        rate = encoded / self.seconds if self.seconds > 0 else 0.0
         out = [
             f"encoded {self.documents:,} documents ({self.tokens:,} tokens) in {self.seconds:,.1f} s "
             f"({rate:,.0f} tokens/s) -> {self.output} [model {self.model_id}]"
         ]
         if self.parts_resumed:
-            out.append(f"resumed: {self.parts_resumed} part(s) were already done by an earlier run")
+            out.append(
+                f"resumed: reused {self.parts_resumed} part(s) of an earlier run ({self.documents_resumed:,} "
+                f"documents); encoded the other {self.documents - self.documents_resumed:,} now"
+            )
         report = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skip_reasons.items()))
         out.append(
             f"skipped {self.skipped:,} rows" + (f" ({report})" if report else "") + f"; listed in {self.skipped_path}"
@@ -500,7 +521,7 @@ class Encoder:
             logger.warning("out of memory on a batch of %d x %d tokens; splitting it", len(segments), width)
             return torch.cat([self._launch(segments[:half]), self._launch(segments[half:])])
 
-    # ------------------------------------------------------------------ Parquet
+    # ------------------------------------------------------------------ corpus files
     def encode_parquet(
         self,
         src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
@@ -514,29 +535,38 @@ class Encoder:
         part_docs: int = 4096,
         part_tokens: int = 1 << 20,
         read_batch_size: int = 256,
+        part_seconds: float = 60.0,
     ) -> EncodeSummary:
-        """Encode a Parquet corpus into an embeddings file (ARCHITECTURE.md format).
+        """Encode a corpus (Parquet, JSON Lines or CSV) into an embeddings Parquet file (ARCHITECTURE.md format).
 
-        The corpus is streamed (`reformer_retrieval.corpus.iter_batches`) and cut into parts of at most
-        ``part_docs`` documents or about ``part_tokens`` tokens; each part is encoded and written atomically
-        to ``<dst>.parts/part-NNNNN.parquet``. At the end the parts are merged into ``dst`` (atomically), the
-        skipped rows are written to ``skipped_path`` (default ``<dst stem>.skipped.parquet``) and the parts
-        folder is removed. If a run is interrupted, call again with ``resume=True`` (same arguments): finished
-        parts are kept, and the output is identical to that of an uninterrupted run.
+        The corpus is streamed (`reformer_retrieval.corpus.iter_batches`) and encoded a chunk at a time (at
+        most ``part_docs`` documents or ``min(part_tokens, 8 * batch_tokens)`` tokens; where chunks end depends
+        only on the data); the vectors go to numbered parts ``<dst>.parts/part-NNNNN.parquet``, each written
+        atomically. A part closes at the end of the first chunk that brings it to ``part_docs`` documents,
+        ``part_tokens`` tokens or ``part_seconds`` seconds of work, so a run killed at any moment loses at most
+        about ``part_seconds`` of encoding (plus one chunk, a few seconds). At the end the parts are merged
+        into ``dst`` (atomically, in row groups that do not depend on where the parts ended), the skipped rows
+        are written to ``skipped_path`` (default ``<dst stem>.skipped.parquet``) and the parts folder is
+        removed. If a run is interrupted, call again with ``resume=True`` (same corpus and settings): the
+        finished parts are reused (their rows are read past, not encoded again), only the rest is encoded, and
+        the output is the same as that of an uninterrupted run.
 
         Args:
-            src: Parquet file, directory of shards, glob, or list of these.
-            dst: Output embeddings file.
-            id_column: Id column of the corpus.
-            text_column: Text column of the corpus.
+            src: Corpus file (Parquet, JSON Lines, CSV; plain or compressed), directory of shards, glob,
+                ``file://`` URI, or list of these.
+            dst: Output embeddings file (Parquet).
+            id_column: Id column of the corpus (dotted names reach nested fields).
+            text_column: Text column of the corpus (dotted names reach nested fields).
             resume: Continue an interrupted run from ``<dst>.parts``.
             on_duplicate: ``"error"`` or ``"keep_first"`` (others reported as skipped).
             skipped_path: Where the skipped-rows report goes.
-            show_progress: Show a tqdm bar (documents, tokens/s).
-            part_docs: Documents per part at most.
-            part_tokens: A part also closes once it holds this many tokens (boundaries depend only on the data),
-                which bounds the memory a part takes whatever the corpus size.
-            read_batch_size: Rows read from Parquet at a time.
+            show_progress: Show a tqdm bar (documents, tokens/s) and, when resuming, what is reused.
+            part_docs: Documents per chunk at most; a part closes once it holds this many.
+            part_tokens: A part also closes once it holds this many tokens, which bounds the memory a part
+                takes whatever the corpus size (a chunk holds at most this many too).
+            read_batch_size: Rows read from the corpus at a time.
+            part_seconds: A part also closes at the first chunk end after this many seconds of work (0: a
+                part per chunk). It does not change the output, and may differ when resuming.
 
         Returns:
             An `EncodeSummary`; ``str(summary)`` is the text to show.
@@ -553,40 +583,57 @@ class Encoder:
             raise CorpusError(f"output {dst} is a directory; give a file name such as {dst / 'embeddings.parquet'}")
         if part_docs <= 0 or part_tokens <= 0:
             raise ValueError("part_docs and part_tokens must be positive")
+        if not part_seconds >= 0:
+            raise ValueError(f"part_seconds={part_seconds!r}: must be >= 0")
         skipped_path = Path(skipped_path) if skipped_path is not None else default_skipped_path(dst)
         id_kind = corpus_id_kind(files, id_column, text_column)
         parts_dir = parts_dir_for(dst)
         settings = self._settings(files, id_column, text_column, on_duplicate, part_docs, part_tokens, read_batch_size)
         self._open_parts(parts_dir, settings, resume)
-
-        progress = _Progress(count_rows(files), show_progress, desc=f"encode {dst.name}")
-        n_parts = 0
-        resumed = 0
+        done = _finished_parts(parts_dir)
+        reused_docs = sum(d for d, _ in done)
+        to_skip = reused_rows = sum(d + s for d, s in done)
+        total_rows = footer_row_count(files)
+        progress = _Progress(total_rows, show_progress, desc=f"encode {dst.name}", initial=reused_rows)
+        if done:
+            left = f"{total_rows - reused_rows:,} rows left" if total_rows is not None else "the rest of the corpus left"
+            message = (
+                f"resuming {dst}: reusing {len(done)} finished part(s) ({reused_docs:,} documents, "
+                f"{reused_rows:,} rows) from {parts_dir}; {left}"
+            )
+            logger.info("%s", message)
+            if show_progress:
+                progress.bar.write(message, file=sys.stderr)
+        writer = _PartWriter(self, parts_dir, len(done), id_kind, progress, part_docs, part_tokens, part_seconds)
         try:
-            # Texts are tokenised as they arrive (and dropped): a part holds at most ~part_tokens token ids.
-            ids: list[Any] = []
-            part = _Prepared()
-            skipped: list[SkippedRecord] = []
             for batch in iter_batches(files, id_column, text_column, read_batch_size, on_duplicate):
-                skipped.extend(batch.skipped)
-                progress.update(docs=len(batch.skipped))
-                for doc_id, text in zip(batch.ids, batch.texts):
-                    ids.append(doc_id)
-                    part.add(*self._tokenize(text))
-                    if len(ids) >= part_docs or part.tokens >= part_tokens:
-                        resumed += self._part(parts_dir, n_parts, ids, part, skipped, id_kind, progress)
-                        n_parts += 1
-                        ids, part, skipped = [], _Prepared(), []
-            if ids or skipped or n_parts == 0:
-                resumed += self._part(parts_dir, n_parts, ids, part, skipped, id_kind, progress)
-                n_parts += 1
+                skipped, ids, texts = batch.skipped, batch.ids, batch.texts
+                if to_skip:  # rows an earlier run put in its finished parts: skipped rows first, then documents
+                    k = min(to_skip, len(skipped))
+                    skipped, to_skip = skipped[k:], to_skip - k
+                    k = min(to_skip, len(ids))
+                    ids, texts, to_skip = ids[k:], texts[k:], to_skip - k
+                writer.add_skipped(skipped)
+                for doc_id, text in zip(ids, texts):
+                    writer.add(doc_id, *self._tokenize(text))
+            if to_skip:
+                raise CorpusError(
+                    f"cannot resume from {parts_dir}: its parts hold {reused_rows:,} rows but the corpus has "
+                    f"{reused_rows - to_skip:,}; delete that folder to start over"
+                )
+            writer.finish()
         except CorpusError:
             # A problem in the data recurs on every rerun with these settings: the parts are of no use.
             shutil.rmtree(parts_dir, ignore_errors=True)
             raise
         finally:
             progress.close()
-        return self._merge(parts_dir, n_parts, dst, skipped_path, id_kind, resumed, start)
+        summary = self._merge(parts_dir, writer.n_parts, dst, skipped_path, id_kind, start)
+        summary.parts_resumed = len(done)
+        summary.documents_resumed = reused_docs
+        summary.tokens_encoded = writer.tokens
+        logger.info("%s", summary)
+        return summary
 
     def _settings(
         self,
@@ -598,7 +645,8 @@ class Encoder:
         part_tokens: int,
         read_batch_size: int,
     ) -> dict[str, Any]:
-        """Everything that decides the bytes of the output; a resumed run must match it exactly."""
+        """Everything that decides the bytes of the output (the chunks) or the order of the rows; a resumed run
+        must match it exactly (``part_seconds`` may differ: a part records the rows it holds)."""
         return {
             "model_id": self.model_id,
             "dtype": str(self.dtype).removeprefix("torch."),
@@ -629,9 +677,15 @@ class Encoder:
                     "or delete that folder to start over"
                 )
             try:
-                previous = json.loads(progress_file.read_text(encoding="utf-8"))["settings"]
+                saved = json.loads(progress_file.read_text(encoding="utf-8"))
+                previous, version = saved["settings"], saved.get("format")
             except (ValueError, KeyError) as exc:
                 raise CorpusError(f"{progress_file}: unreadable ({exc}); delete {parts_dir} to start over") from None
+            if version != PARTS_FORMAT:
+                raise CorpusError(
+                    f"cannot resume from {parts_dir}: its parts are in format {version!r} of an older version "
+                    f"(this one writes {PARTS_FORMAT}); delete that folder to start over"
+                )
             changed = sorted(k for k in set(previous) | set(settings) if previous.get(k) != settings.get(k))
             if changed:
                 first = changed[0]
@@ -640,7 +694,6 @@ class Encoder:
                     f"e.g. {first}: {previous.get(first)!r} then, {settings.get(first)!r} now); "
                     "delete that folder to start over"
                 )
-            logger.info("resuming from %s", parts_dir)
             return
         if parts_dir.exists():  # no progress file: nothing was committed yet
             shutil.rmtree(parts_dir)
@@ -649,45 +702,34 @@ class Encoder:
             progress_file, json.dumps({"format": PARTS_FORMAT, "settings": settings}, indent=2, sort_keys=True)
         )
 
-    def _part(
-        self,
-        parts_dir: Path,
-        index: int,
-        ids: list[Any],
-        prepared: _Prepared,
-        skipped: list[SkippedRecord],
-        id_kind: IdKind,
-        progress: _Progress,
-    ) -> int:
-        """Encode and write one part unless an earlier run finished it; returns 1 if it was already done."""
-        emb_path = parts_dir / f"part-{index:05d}.parquet"
-        skip_path = parts_dir / f"part-{index:05d}.skipped.parquet"
-        if emb_path.is_file() and skip_path.is_file():
-            progress.update(docs=len(ids))
-            return 1
-        write_skipped(skip_path, skipped, id_kind)
-        vectors = self._run(prepared, progress)
-        with EmbeddingWriter(emb_path, self.dim, self.model_id, id_kind) as writer:  # the part's commit point
-            writer.write(ids, vectors, prepared.n_tokens, prepared.truncated)
-        return 0
-
     def _merge(
-        self, parts_dir: Path, n_parts: int, dst: Path, skipped_path: Path, id_kind: IdKind, resumed: int, start: float
+        self, parts_dir: Path, n_parts: int, dst: Path, skipped_path: Path, id_kind: IdKind, start: float
     ) -> EncodeSummary:
         documents = tokens = truncated = 0
         report = SkipReport()
         for i in range(n_parts):
-            report.add(read_skipped(parts_dir / f"part-{i:05d}.skipped.parquet"))
+            report.add(read_skipped(_part_paths(parts_dir, i)[1]))
         write_skipped(skipped_path, report.records, id_kind)
         with EmbeddingWriter(dst, self.dim, self.model_id, id_kind) as writer:
+            # Whole row groups of MERGE_ROW_GROUP rows, wherever the parts ended: the bytes of the output do
+            # not depend on how an earlier run was cut into parts.
+            pending: list[pa.Table] = []
+            held = 0
             for i in range(n_parts):
-                table = pq.read_table(parts_dir / f"part-{i:05d}.parquet")
-                writer.write_table(table)
+                table = pq.read_table(_part_paths(parts_dir, i)[0])
                 documents += table.num_rows
                 tokens += int(np.asarray(table.column("n_tokens").to_numpy(), dtype=np.int64).sum())
                 truncated += int(np.asarray(table.column("truncated").to_numpy(zero_copy_only=False)).sum())
+                pending.append(table)
+                held += table.num_rows
+                while held >= MERGE_ROW_GROUP:
+                    joined = pa.concat_tables(pending)
+                    writer.write_table(joined.slice(0, MERGE_ROW_GROUP).combine_chunks())
+                    pending, held = [joined.slice(MERGE_ROW_GROUP)], held - MERGE_ROW_GROUP
+            if held:
+                writer.write_table(pa.concat_tables(pending).combine_chunks())
         shutil.rmtree(parts_dir, ignore_errors=True)
-        summary = EncodeSummary(
+        return EncodeSummary(
             output=dst,
             skipped_path=skipped_path,
             documents=documents,
@@ -696,13 +738,126 @@ class Encoder:
             tokens=tokens,
             seconds=time.perf_counter() - start,
             skip_reasons=report.counts(),
-            parts_resumed=resumed,
             model_id=self.model_id,
             max_tokens=self.max_tokens,
             long_docs=self.long_docs,
         )
-        logger.info("%s", summary)
-        return summary
+
+
+def _part_paths(parts_dir: Path, index: int) -> tuple[Path, Path]:
+    """(vectors, skipped rows) of part ``index``; the vectors file is the part's commit point."""
+    return parts_dir / f"part-{index:05d}.parquet", parts_dir / f"part-{index:05d}.skipped.parquet"
+
+
+def _finished_parts(parts_dir: Path) -> list[tuple[int, int]]:
+    """(documents, skipped rows) of each finished part of an earlier run, in order.
+
+    A part is finished when its vectors file exists (written after its skipped-rows file); the first part
+    that is not ends the list, and its leftovers are removed.
+    """
+    done: list[tuple[int, int]] = []
+    if not parts_dir.is_dir():
+        return done
+    while True:
+        emb_path, skip_path = _part_paths(parts_dir, len(done))
+        if not (emb_path.is_file() and skip_path.is_file()):
+            break
+        try:
+            done.append((pq.ParquetFile(emb_path).metadata.num_rows, pq.ParquetFile(skip_path).metadata.num_rows))
+        except (pa.ArrowException, OSError) as exc:
+            raise CorpusError(f"{emb_path}: unreadable part ({exc}); delete {parts_dir} to start over") from None
+    for leftover in (*_part_paths(parts_dir, len(done)),):
+        leftover.unlink(missing_ok=True)
+    return done
+
+
+class _PartWriter:
+    """Collects documents into chunks (encoded as they fill) and chunks into parts (written as they close).
+
+    Where a chunk ends depends only on the data (``part_docs`` documents or ``chunk_tokens`` tokens from the
+    previous chunk's end), and a part always ends where a chunk does; so a run resumed after any part encodes
+    exactly the chunks an uninterrupted run would have, and its vectors are the same to the bit, whenever the
+    parts were closed by the clock.
+    """
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        parts_dir: Path,
+        first_part: int,
+        id_kind: IdKind,
+        progress: _Progress,
+        part_docs: int,
+        part_tokens: int,
+        part_seconds: float,
+    ) -> None:
+        self.encoder = encoder
+        self.parts_dir = parts_dir
+        self.n_parts = first_part
+        self.first_part = first_part
+        self.id_kind = id_kind
+        self.progress = progress
+        self.part_docs = part_docs
+        self.part_tokens = part_tokens
+        self.part_seconds = part_seconds
+        self.chunk_tokens = min(part_tokens, CHUNK_BATCHES * encoder.batch_tokens)
+        self.tokens = 0  # tokens encoded by this run
+        self._reset()
+
+    def _reset(self) -> None:
+        self.ids: list[Any] = []
+        self.vectors: list[np.ndarray] = []
+        self.n_tokens: list[int] = []
+        self.truncated: list[bool] = []
+        self.skipped: list[SkippedRecord] = []
+        self.part_token_count = 0
+        self.chunk = _Prepared()
+        self.chunk_ids: list[Any] = []
+        self.started = _clock()
+
+    def add_skipped(self, records: Sequence[SkippedRecord]) -> None:
+        """Rows of the corpus that are not encoded (they go to the current part's skipped-rows file)."""
+        self.skipped.extend(records)
+        self.progress.update(docs=len(records))
+
+    def add(self, doc_id: Any, segments: list[np.ndarray], n_tokens: int, truncated: bool) -> None:
+        """One tokenised document; a full chunk is encoded, and then the part closes if it is due."""
+        self.chunk_ids.append(doc_id)
+        self.chunk.add(segments, n_tokens, truncated)
+        if self.chunk.n_docs >= self.part_docs or self.chunk.tokens >= self.chunk_tokens:
+            self._encode_chunk()
+            if (
+                len(self.ids) >= self.part_docs
+                or self.part_token_count >= self.part_tokens
+                or _clock() - self.started >= self.part_seconds
+            ):
+                self._close()
+
+    def finish(self) -> None:
+        """Close the last part (an empty corpus still gets one, empty, part)."""
+        if self.ids or self.chunk_ids or self.skipped or self.n_parts == 0:
+            self._close()
+
+    def _encode_chunk(self) -> None:
+        if not self.chunk_ids:
+            return
+        self.vectors.append(self.encoder._run(self.chunk, self.progress))
+        self.ids.extend(self.chunk_ids)
+        self.n_tokens.extend(self.chunk.n_tokens)
+        self.truncated.extend(self.chunk.truncated)
+        self.part_token_count += self.chunk.tokens
+        self.tokens += self.chunk.tokens
+        self.chunk, self.chunk_ids = _Prepared(), []
+
+    def _close(self) -> None:
+        self._encode_chunk()
+        emb_path, skip_path = _part_paths(self.parts_dir, self.n_parts)
+        write_skipped(skip_path, self.skipped, self.id_kind)
+        vectors = np.concatenate(self.vectors) if self.vectors else np.zeros((0, self.encoder.dim), np.float32)
+        with EmbeddingWriter(emb_path, self.encoder.dim, self.encoder.model_id, self.id_kind) as writer:
+            writer.write(self.ids, vectors, self.n_tokens, self.truncated)  # the part's commit point
+        self.n_parts += 1
+        self._reset()
 
 
 # --------------------------------------------------------------------------------------------- utilities

@@ -281,6 +281,109 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, tiny_dir, monkeyp
     assert np.array_equal(a.n_tokens, b.n_tokens) and np.array_equal(a.truncated, b.truncated)
 
 
+class _Interrupt(Exception):
+    """Stands for a kill part-way through a run."""
+
+
+@pytest.mark.parametrize("cut", ["docs", "time"])
+def test_resume_after_interruptions_at_30_and_70_percent_encodes_only_the_rest(tmp_path, tiny_dir, monkeypatch, cut):
+    """Interrupted at ~30 %, resumed and interrupted again at ~70 %, resumed to the end: every id once, the
+    same vectors and bytes as a clean run, and each resumed run encodes only the documents it lacks. With
+    ``cut="time"`` parts close by the clock (one tick per reading), so they end elsewhere than the clean run's."""
+    import reformer_retrieval.encode as encode_module
+
+    n = 30
+    src = tmp_path / "corpus.parquet"
+    ids, _ = _corpus(src, n=n)
+    enc = Encoder.load(tiny_dir, device="cpu", max_tokens=256, batch_tokens=64)  # chunks of <= 512 tokens
+    kwargs = {"part_docs": 10**6} if cut == "time" else {"part_docs": 3}
+    ref = tmp_path / "ref.parquet"
+    enc.encode_parquet(src, ref, show_progress=False, **kwargs)  # one part, or parts of 3 documents
+    if cut == "time":  # the clock moves 1 s per reading: a part closes after two chunks
+        ticks = itertools.count()
+        monkeypatch.setattr(encode_module, "_clock", lambda: float(next(ticks)))
+        kwargs["part_seconds"] = 2.0
+
+    encoded: list[list[str]] = []  # documents of each call of _run, per run
+    original = Encoder._run
+
+    def run(fail_after: int | None):
+        encoded.append([])
+        calls = {"n": 0}
+
+        def counting(self, prepared, progress):
+            if fail_after is not None and sum(len(x) for x in encoded[-1]) >= fail_after:
+                raise _Interrupt
+            calls["n"] += 1
+            out = original(self, prepared, progress)
+            encoded[-1].append(list(range(prepared.n_docs)))
+            return out
+
+        monkeypatch.setattr(Encoder, "_run", counting)
+        return enc.encode_parquet(src, dst, show_progress=False, resume=True, **kwargs)
+
+    dst = tmp_path / "emb.parquet"
+    with pytest.raises(_Interrupt):
+        run(fail_after=int(0.3 * n))
+    first = sum(len(x) for x in encoded[-1])
+    parts = parts_dir_for(dst)
+    done1 = sum(pq.ParquetFile(p).metadata.num_rows for p in parts.glob("part-?????.parquet"))
+    assert 0.2 * n <= done1 <= first <= 0.5 * n, (done1, first)
+    with pytest.raises(_Interrupt):
+        run(fail_after=int(0.7 * n) - done1)
+    done2 = sum(pq.ParquetFile(p).metadata.num_rows for p in parts.glob("part-?????.parquet"))
+    assert 0.5 * n <= done2 <= 0.85 * n, done2
+    summary = run(fail_after=None)
+    assert sum(len(x) for x in encoded[-1]) == n - done2  # only what the finished parts lacked
+    assert summary.parts_resumed > 0 and summary.documents_resumed == done2 and summary.documents == n
+    assert f"reused {summary.parts_resumed} part(s) of an earlier run ({done2:,} documents)" in str(summary)
+    a, b = read_embeddings(ref), read_embeddings(dst)
+    assert b.ids == ids and len(set(b.ids)) == n
+    assert np.array_equal(a.vectors, b.vectors) and np.array_equal(a.n_tokens, b.n_tokens)
+    assert dst.read_bytes() == ref.read_bytes() and not parts.exists()
+
+
+def test_parts_close_by_time(tmp_path, tiny_dir, monkeypatch):
+    """With huge document and token limits, parts still close every ``part_seconds`` of work (at chunk ends)."""
+    import reformer_retrieval.encode as encode_module
+
+    src = tmp_path / "corpus.parquet"
+    _corpus(src, n=12)
+    enc = Encoder.load(tiny_dir, device="cpu", max_tokens=256, batch_tokens=32)  # chunks of <= 256 tokens
+    now = {"t": 0.0}
+
+    def clock() -> float:
+        now["t"] += 30.0  # every reading is 30 s later: a part closes after its second chunk
+        return now["t"]
+
+    monkeypatch.setattr(encode_module, "_clock", clock)
+    closed = []
+    original = encode_module._PartWriter._close
+
+    def spy(self):
+        closed.append(len(self.ids) + len(self.chunk_ids))
+        original(self)
+
+    monkeypatch.setattr(encode_module._PartWriter, "_close", spy)
+    dst = tmp_path / "emb.parquet"
+    enc.encode_parquet(src, dst, show_progress=False, part_docs=10**6, part_seconds=60.0)
+    assert len(closed) >= 3 and sum(closed) == 12 and max(closed) < 12
+    assert read_embeddings(dst).ids == [f"doc-{i:03d}" for i in range(12)]
+    with pytest.raises(ValueError, match="part_seconds"):
+        enc.encode_parquet(src, tmp_path / "x.parquet", show_progress=False, part_seconds=-1)
+
+
+def test_resume_from_an_older_parts_layout_is_refused(tmp_path, encoder):
+    src = tmp_path / "corpus.parquet"
+    _corpus(src, n=3)
+    dst = tmp_path / "emb.parquet"
+    parts = parts_dir_for(dst)
+    parts.mkdir()
+    (parts / "progress.json").write_text(json.dumps({"format": 1, "settings": {}}))
+    with pytest.raises(CorpusError, match="format 1 of an older version"):
+        encoder.encode_parquet(src, dst, show_progress=False, resume=True)
+
+
 _CHILD = textwrap.dedent(
     """
     import sys, time
