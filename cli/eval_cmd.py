@@ -61,17 +61,22 @@ Examples:
   reformer-retrieval eval dedup labelled.parquet --embeddings emb.parquet --sweep 0.80:0.99:0.01 --plot pr.png
   reformer-retrieval eval dedup labelled.parquet --method minhash --sweep 0.1:0.9:0.05
   reformer-retrieval eval dedup labelled.parquet --method hybrid --model my_model/ --minhash-threshold 0.3
+  reformer-retrieval eval dedup --marks marks.jsonl    # reviewer marks exported by `report`
 
 \b
 LABELLED is a corpus with id, text and a label column (documents with the same label are
 near-duplicates). With --clusters, that clustering is scored; otherwise dedup runs once at the lowest
 swept threshold and every threshold is scored (ARI, pairwise precision / recall / F1). The swept
-threshold is the cosine (embedding, hybrid) or the Jaccard (minhash).
+threshold is the cosine (embedding, hybrid) or the Jaccard (minhash). With --marks (no LABELLED), the
+precision of the reviewed run on the pairs it merged that a reviewer marked, and the marked duplicates
+it kept apart.
 """
 
 
 @eval_group.command("dedup", epilog=_DEDUP_EPILOG)
-@click.argument("labelled", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("labelled", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.option("--marks", "marks_path", type=click.Path(dir_okay=False, exists=True, path_type=Path), default=None,
+              help="Score reviewer marks (JSON Lines or CSV from `report`) instead of labels.")
 @click.option("--label-column", default="cluster", show_default=True, help="Ground-truth cluster column.")
 @click.option("--id-column", default="id", show_default=True, help="Id column.")
 @click.option("--text-column", default="text", show_default=True, help="Text column.")
@@ -96,7 +101,7 @@ threshold is the cosine (embedding, hybrid) or the Jaccard (minhash).
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the metrics as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
-def eval_dedup(labelled: Path, label_column: str, id_column: str, text_column: str, clusters: Path | None,
+def eval_dedup(labelled: Path | None, marks_path: Path | None, label_column: str, id_column: str, text_column: str, clusters: Path | None,
                method: str, embeddings: Path | None, model: Path | None, device: str, sweep: str | None,
                threshold: float | None, minhash_threshold: float | None, index_kind: str, plot: Path | None,
                json_path: Path | None, quiet: bool) -> None:
@@ -110,6 +115,12 @@ def eval_dedup(labelled: Path, label_column: str, id_column: str, text_column: s
         sweep_dedup,
     )
 
+    if (labelled is None) == (marks_path is None):
+        raise click.UsageError("give one of LABELLED (a labelled corpus) and --marks MARKS")
+    if marks_path is not None:
+        _eval_marks(marks_path, json_path)
+        return
+    assert labelled is not None
     with reported_as_click_errors(ImportError, *_errors()):
         labels = read_labels(labelled, id_column, label_column)
         if clusters is not None:
@@ -137,6 +148,19 @@ def eval_dedup(labelled: Path, label_column: str, id_column: str, text_column: s
         best = max(rows, key=lambda r: r.f1)
         _write_json(json_path, {"method": method, "default_threshold": default, "best_f1": best.to_dict(),
                                 "sweep": [r.to_dict() for r in rows], "seconds": result.summary.get("seconds")})
+
+
+def _eval_marks(marks_path: Path, json_path: Path | None) -> None:
+    """Precision of a reviewed run on its marked pairs (`reformer_retrieval.marks.marks_precision`)."""
+    from reformer_retrieval.marks import marks_precision, read_marks
+
+    with reported_as_click_errors(ValueError, OSError):
+        m = marks_precision(read_marks(marks_path))
+    precision = "n/a (no merged pair marked)" if m.precision is None else f"{m.precision:.4f}"
+    click.echo(f"{m.marked:,} marked pairs: precision {precision} on the {m.merged:,} the run merged "
+               f"({m.merged_duplicates:,} marked duplicate); {m.missed_duplicates:,} marked duplicates kept apart"
+               + (f"; {m.unknown_merged:,} without a merged flag (not counted)" if m.unknown_merged else ""))
+    _write_json(json_path, {"marks": str(marks_path), **m.to_dict()})
 
 
 def _load(labelled: Path, id_column: str, text_column: str, method: str, embeddings: Path | None,

@@ -136,3 +136,24 @@ def test_eval_dedup_encodes_in_memory_like_an_embeddings_file(labelled, tiny_dir
     assert res.exit_code == 0, res.output
     mem, file = (json.loads((root / name).read_text())["sweep"] for name in ("mem.json", "file.json"))
     assert mem == file
+
+
+def test_eval_dedup_marks_precision(tmp_path):
+    marks = tmp_path / "marks.jsonl"
+    rows = [{"id_a": "a", "id_b": "b", "mark": "duplicate", "merged": True},
+            {"id_a": "a", "id_b": "c", "mark": "duplicate", "merged": True},
+            {"id_a": "a", "id_b": "d", "mark": "not_duplicate", "merged": True},
+            {"id_a": "e", "id_b": "f", "mark": "duplicate", "merged": False}]
+    marks.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "m.json"
+    res = CliRunner().invoke(cli, ["eval", "dedup", "--marks", str(marks), "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "4 marked pairs: precision 0.6667 on the 3 the run merged" in res.output
+    assert "1 marked duplicates kept apart" in res.output
+    assert json.loads(out.read_text())["precision"] == pytest.approx(2 / 3)
+    res = CliRunner().invoke(cli, ["eval", "dedup"])
+    assert res.exit_code != 0 and "LABELLED" in res.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("id_a,id_b,mark\nx,y,perhaps\n")
+    res = CliRunner().invoke(cli, ["eval", "dedup", "--marks", str(bad)])
+    assert res.exit_code == 1 and "bad.csv:2: mark 'perhaps'" in res.output
