@@ -7,11 +7,16 @@ documents in the file (or in the ``--max-clusters`` subset) is scored by
 * the same architecture, randomly initialised (seed ``--random-seed``, same tokenizer),
 * MinHash, the anchor: datasketch ``MinHash(num_perm=128, seed=1)`` over word 3-grams (lower-cased ``\\w+``
   tokens), similarity = datasketch's Jaccard estimate (share of equal hash values),
+* the baseline a user would pick instead (``--minilm``, on by default when the ``bench`` extra is installed):
+  all-MiniLM-L6-v2 over consecutive 1,000-character chunks, mean of the chunk vectors
+  (``benchmarks/minilm_baseline.py``; its vectors are cached in ``--minilm-cache``, so reruns are free),
 
 twice: on the clean texts and on an OCR-noised copy made with ``augment(text, strength, seed=(noise_seed,
 row), preset="ocr")`` (each document noised independently). The table gives ROC-AUC and the best F1 over all
-thresholds, and each method's ratio to MinHash on the same data. For a model with the hashed n-gram channel
-(``ngram_size``), two more rows score each channel of the same embeddings alone (an ablation; no extra encoding).
+thresholds, each method's ratio to MinHash on the same data, and its speed in characters per second on this
+CPU (encoding only for the models; MinHash: sketches plus all-pairs similarity). For a model with the hashed n-gram channel
+(``ngram_size``), two more rows score each channel of the same embeddings alone (an ablation; no extra encoding;
+their speed is shown as ">= the model's", since encoding one channel costs at most what both cost).
 
 Examples::
 
@@ -27,6 +32,7 @@ import argparse
 import re
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +40,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, write_json
+from vector_cache import DEFAULT_CACHE_ROOT, encode_cached, encoder_cache
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "dev" / "wiki_versions" / "corpus.parquet"
@@ -137,6 +144,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda")
     parser.add_argument("--batch-tokens", type=int, default=None, help="padded tokens per forward pass")
     parser.add_argument("--skip-random", action="store_true", help="leave out the random-init encoder")
+    parser.add_argument(
+        "--minilm", action=argparse.BooleanOptionalAction, default=None,
+        help="the all-MiniLM-L6-v2 1,000-char chunk-mean row (default: on when the bench extra is installed)",
+    )
+    parser.add_argument("--minilm-cache", type=Path, default=None,
+                        help="folder of the MiniLM vector cache (default: ~/.cache/reformer_retrieval/minilm)")
+    parser.add_argument("--minilm-batch-size", type=int, default=32, help="MiniLM chunks per forward pass")
+    parser.add_argument(
+        "--vector-cache", type=Path, default=DEFAULT_CACHE_ROOT / "models",
+        help="folder caching the models' vectors by text hash (shared with dedup_quality.py; "
+        "default ~/.cache/reformer_retrieval/models); speeds then come from the cache's record",
+    )
+    parser.add_argument("--no-vector-cache", action="store_true", help="encode every text now, cache nothing")
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     parser.add_argument(
         "--write-noisy", type=Path, default=None, metavar="FILE",
@@ -169,53 +189,97 @@ def main(argv: list[str] | None = None) -> int:
         f"word-3-gram Jaccard of a document and its noisy copy: {self_jaccard:.3f} (mean of {len(sample)})"
     )
 
+    from minilm_baseline import DEFAULT_CACHE, format_stats, minilm_available, minilm_chunk_mean_with_stats
+
+    minilm_missing = minilm_available()
+    use_minilm = args.minilm if args.minilm is not None else minilm_missing is None
+    if use_minilm and minilm_missing:
+        print(f"--minilm: {minilm_missing}", file=sys.stderr)
+        return 2
+    if not use_minilm:
+        why = "--no-minilm" if args.minilm is False else minilm_missing
+        print(f"note: the MiniLM chunk-mean baseline row is skipped ({why})", file=sys.stderr)
+    minilm_cache = args.minilm_cache if args.minilm_cache is not None else DEFAULT_CACHE
+
     trained = Encoder.load(args.model, device=args.device, batch_tokens=args.batch_tokens)
     methods: list[tuple[str, Any]] = [("model", trained)]
     if not args.skip_random:
         methods.append(("random init", _random_encoder(args.model, args.random_seed, args.device, args.batch_tokens)))
     rows: list[dict[str, Any]] = []
+    minilm_stats: dict[str, Any] = {}
     for condition, texts in (("clean", clean), ("noisy", noisy)):
+        n_chars = sum(len(t) for t in texts)
         t = time.perf_counter()
         sim, sketches = minhash_similarity(texts)
         for i, j in [(0, 1), (0, len(texts) - 1), (len(texts) // 2, len(texts) // 3)]:  # vectorised == datasketch
             assert abs(sim[i, j] - sketches[i].jaccard(sketches[j])) < 1e-6
-        results = [("MinHash (word 3-grams, 128 perm)", sim, time.perf_counter() - t, None)]
+        seconds = time.perf_counter() - t
+        # (name, similarity, seconds, model_id, chars/s, chars/s is a lower bound)
+        results = [("MinHash (word 3-grams, 128 perm)", sim, seconds, None, n_chars / seconds, False)]
         for name, encoder in methods:
-            t = time.perf_counter()
-            emb = encoder.encode(texts)
-            results.append((f"{name} ({encoder.model_id})", emb @ emb.T, time.perf_counter() - t, encoder.model_id))
+            store = None if args.no_vector_cache else encoder_cache(encoder, args.vector_cache)
+            emb, info = encode_cached(encoder.encode, texts, store)
+            speed = info["chars_per_s"]  # partly or wholly cached: seconds = all texts at the measured speed
+            seconds = n_chars / speed if speed else info["seconds"]
+            if info["chars_per_s_from_cache"]:
+                print(f"{condition}: {name} vectors from the cache {store.npy}; chars/s is its record", file=sys.stderr)
+            results.append((f"{name} ({encoder.model_id})", emb @ emb.T, seconds, encoder.model_id, speed, False))
             channels = encoder.model.channels()
             for part, (columns, _) in channels.items() if len(channels) > 1 else ():  # ablation: each channel
                 sub = emb[:, columns]
                 sub = sub / np.maximum(np.linalg.norm(sub, axis=1, keepdims=True), 1e-12)
-                results.append((f"{name}: {part} channel only", sub @ sub.T, 0.0, encoder.model_id))
+                results.append((f"{name}: {part} channel only", sub @ sub.T, 0.0, encoder.model_id, speed, True))
+        if use_minilm:
+            emb, stats = minilm_chunk_mean_with_stats(
+                texts, batch_size=args.minilm_batch_size, cache=minilm_cache, show_progress=True
+            )
+            print(f"{condition}: {format_stats(stats)}", file=sys.stderr)
+            minilm_stats[condition] = asdict(stats)
+            seconds = n_chars / stats.chars_per_s if stats.chars_per_s else stats.seconds
+            results.append(("MiniLM-L6 chunk-mean (1,000 chars)", emb @ emb.T, seconds, "all-MiniLM-L6-v2",
+                            stats.chars_per_s, False))
         base = None
-        for name, similarity, seconds, model_id in results:
+        for name, similarity, seconds, model_id, speed, lower_bound in results:
             m = pair_metrics(similarity, data["clusters"])
             base = base or m
             rows.append({
                 "data": condition, "method": name, "model_id": model_id, "roc_auc": m["roc_auc"],
                 "best_f1": m["best_f1"], "best_threshold": m["best_threshold"], "seconds": round(seconds, 2),
+                "chars_per_s": None if lower_bound or speed is None else round(speed, 1),
+                "chars_per_s_at_least": round(speed, 1) if lower_bound and speed is not None else None,
                 "auc_vs_minhash": m["roc_auc"] / base["roc_auc"], "f1_vs_minhash": m["best_f1"] / base["best_f1"],
-                "n_docs": len(texts), "n_pairs": m["n_pairs"], "n_positive_pairs": m["n_positive"],
+                "n_docs": len(texts), "n_chars": n_chars, "n_pairs": m["n_pairs"], "n_positive_pairs": m["n_positive"],
             })
+
+    def speed_cell(r: dict[str, Any]) -> str:
+        if r["chars_per_s_at_least"] is not None:
+            return f">= {r['chars_per_s_at_least']:,.0f}"
+        return "–" if r["chars_per_s"] is None else f"{r['chars_per_s']:,.0f}"
+
     table = markdown_table(
-        ["data", "method", "ROC-AUC", "best F1", "at threshold", "AUC / MinHash", "F1 / MinHash", "seconds"],
+        ["data", "method", "ROC-AUC", "best F1", "at threshold", "AUC / MinHash", "F1 / MinHash", "seconds",
+         "chars/s"],
         [
             [r["data"], r["method"], f"{r['roc_auc']:.4f}", f"{r['best_f1']:.4f}", f"{r['best_threshold']:.3f}",
              f"{r['auc_vs_minhash']:.3f}x", f"{r['f1_vs_minhash']:.3f}x",
-             f"{r['seconds']:.1f}"]
+             f"{r['seconds']:.1f}", speed_cell(r)]
             for r in rows
         ],
-        align="llrrrrrr",
+        align="llrrrrrrr",
     )
     print(table)
     print(f"{len(clean)} documents, {rows[0]['n_pairs']:,} pairs ({rows[0]['n_positive_pairs']:,} positive) per condition")
+    import torch
+
+    print(f"chars/s on {torch.get_num_threads()} torch threads; channel rows reuse the model's vectors (>= its speed)")
+    for condition, st in minilm_stats.items():
+        if st["chars_per_s_from_cache"]:
+            print(f"{condition}: MiniLM vectors from the cache {st['cache']}; chars/s is the cache's record")
     if args.json is not None:
         meta = {"data": str(args.data), "n_docs": len(clean), "n_clusters": int(n_clusters),
                 "max_clusters": args.max_clusters, "max_chars": args.max_chars, "noise_preset": args.noise_preset,
                 "noise_strength": args.noise_strength, "noise_seed": args.noise_seed,
-                "noisy_self_jaccard": self_jaccard}
+                "noisy_self_jaccard": self_jaccard, "minilm": minilm_stats or None}
         write_json(args.json, {"meta": meta, "rows": rows})
     return 0
 
