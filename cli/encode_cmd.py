@@ -1,4 +1,4 @@
-"""``reformer-retrieval encode``: a Parquet corpus -> an embeddings Parquet file."""
+"""``reformer-retrieval encode``: a corpus (Parquet, JSON Lines or CSV) -> an embeddings Parquet file."""
 
 from __future__ import annotations
 
@@ -14,12 +14,15 @@ Examples:
   reformer-retrieval encode examples/sample.parquet -o emb.parquet
   reformer-retrieval encode 'shards/*.parquet' -o emb.parquet --model my_model/ --device cuda
   reformer-retrieval encode corpus/ -o emb.parquet --long-docs window --resume
+  reformer-retrieval encode 'dolma/*.jsonl.gz' -o emb.parquet --text-column text --id-column metadata.id
 
 \b
-CORPUS is a Parquet file, a directory of *.parquet shards or a quoted glob. Rows with a null id,
-a null/empty/whitespace-only text are skipped and listed in EMB.skipped.parquet (id, reason, file, row).
-Interrupted (Ctrl-C, crash)? Run the same command with --resume: finished parts are kept and the
-output is the same as that of an uninterrupted run.
+CORPUS is a Parquet, JSON Lines (.jsonl, .ndjson, .json; also .gz/.zst/.bz2) or CSV (.csv, .tsv; also
+compressed) file, a directory of such shards, a quoted glob or a file:// URI; dotted column names reach
+nested fields (metadata.body). Rows with a null id, a null/empty/whitespace-only text are skipped and
+listed in EMB.skipped.parquet (id, reason, file, row). A part of the work is saved at least every
+--part-seconds; interrupted (Ctrl-C, crash)? Run the same command with --resume: finished parts are
+reused, only the rest is encoded, and the output is the same as that of an uninterrupted run.
 """
 
 
@@ -46,6 +49,8 @@ output is the same as that of an uninterrupted run.
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (from EMB.parquet.parts/).")
 @click.option("--part-docs", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Documents per resumable part (a part also closes at about 1M tokens).")
+@click.option("--part-seconds", type=click.FloatRange(min=0), default=60.0, show_default=True,
+              help="Save a resumable part at least this often (seconds of work; a kill loses about this much).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def encode(
     corpus: str,
@@ -61,9 +66,10 @@ def encode(
     on_duplicate: str,
     resume: bool,
     part_docs: int,
+    part_seconds: float,
     quiet: bool,
 ) -> None:
-    """Embed every document of a Parquet CORPUS into EMB.parquet (one unit vector per id)."""
+    """Embed every document of CORPUS (Parquet, JSON Lines or CSV) into EMB.parquet (one unit vector per id)."""
     from reformer_retrieval.cli.errors import reported_as_click_errors
 
     from reformer_retrieval.checkpoint import ModelDirectoryError
@@ -89,6 +95,7 @@ def encode(
                 on_duplicate=on_duplicate,  # type: ignore[arg-type]
                 show_progress=not quiet,
                 part_docs=part_docs,
+                part_seconds=part_seconds,
             )
     except KeyboardInterrupt:
         parts = parts_dir_for(output)

@@ -11,8 +11,18 @@ __all__ = ["one_line", "reported_as_click_errors"]
 
 
 def one_line(exc: BaseException) -> str:
-    """The first line of ``exc``'s message (stripped), or its type name when the message is empty."""
-    text = str(exc).strip()
+    """The first line of ``exc``'s message (stripped), or its type name when the message is empty.
+
+    An exception with a ``cli_message(has_flag)`` method (e.g. `reformer_retrieval.corpus.DuplicateIdError`)
+    gives its command-line wording instead, told whether the running command has an ``--on-duplicate`` flag.
+    """
+    cli_message = getattr(exc, "cli_message", None)
+    if callable(cli_message):
+        ctx = click.get_current_context(silent=True)
+        has_flag = ctx is not None and any(p.name == "on_duplicate" for p in ctx.command.params)
+        text = str(cli_message(has_flag)).strip()
+    else:
+        text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
 
 

@@ -80,7 +80,10 @@ def test_window_mode_reads_everything(tmp_path, tiny_dir, corpus):
     [
         (lambda p: pq.write_table(pa.table({"id": ["a"], "body": ["t"]}), p), "no text column 'text'; the file has"),
         (lambda p: p.write_text("id,text\na,b\n"), "not a readable Parquet file"),
-        (lambda p: pq.write_table(pa.table({"id": ["a", "a"], "text": ["x", "y"]}), p), "duplicate id 'a'"),
+        (lambda p: pq.write_table(pa.table({"id": ["a", "a"], "text": ["x", "y"]}), p),
+         "duplicate id 'a'"),
+        (lambda p: pq.write_table(pa.table({"id": ["a", "a"], "text": ["x", "y"]}), p),
+         "(ids must be unique; keep the first with --on-duplicate keep_first)"),
     ],
 )
 def test_errors_are_one_line(tmp_path, tiny_dir, make, needle):
@@ -91,6 +94,35 @@ def test_errors_are_one_line(tmp_path, tiny_dir, make, needle):
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0]
     assert "Traceback" not in res.output and not (tmp_path / "e.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "extra"),
+    [
+        ("c.jsonl", b"".join(b'{"doc": {"id": %d}, "body": "text number %d and some words"}\n' % (i, i) for i in range(5)),
+         ["--id-column", "doc.id", "--text-column", "body"]),
+        ("c.csv", b"id,text\n" + b"".join(b'%03d,"text number %d, and some words"\n' % (i, i) for i in range(5)), []),
+    ],
+)
+def test_encode_json_lines_and_csv(tmp_path, tiny_dir, name, data, extra):
+    src = tmp_path / name
+    src.write_bytes(data)
+    dst = tmp_path / "emb.parquet"
+    res = _run("encode", str(src), "-o", str(dst), "--model", str(tiny_dir), "--device", "cpu", "-q", *extra)
+    assert res.exit_code == 0, res.output
+    table = read_embeddings(dst)
+    assert table.ids == (list(range(5)) if name.endswith(".jsonl") else [f"{i:03d}" for i in range(5)])
+    sep = "," if name.endswith(".csv") else ""
+    expected = Encoder.load(tiny_dir, device="cpu").encode([f"text number {i}{sep} and some words" for i in range(5)])
+    assert np.abs(table.vectors - expected).max() < 1e-5 and "encoded 5 documents" in res.output
+
+
+def test_unreadable_format_is_one_line(tmp_path, tiny_dir):
+    src = tmp_path / "corpus.txt"
+    src.write_text("one document per line\nanother\n")
+    res = _run("encode", str(src), "-o", str(tmp_path / "e.parquet"), "--model", str(tiny_dir), "-q")
+    assert res.exit_code == 1
+    assert res.output.strip() == f"Error: only Parquet, JSON Lines and CSV are read: {src} looks like plain text (.txt)"
 
 
 def test_missing_model_and_bad_device(tmp_path, corpus):
@@ -150,7 +182,7 @@ def test_ctrl_c_leaves_a_resumable_state(tmp_path, tiny_dir):
     assert again.exit_code == 1 and "--resume" in again.output
     resumed = _run("encode", str(src), "-o", str(dst), *common, "--part-docs", "3", "--resume")
     assert resumed.exit_code == 0, resumed.output
-    assert "resumed: 2 part(s) were already done" in resumed.output
+    assert "resumed: reused 2 part(s) of an earlier run (6 documents); encoded the other 24 now" in resumed.output
     a, b = read_embeddings(ref), read_embeddings(dst)
     assert a.ids == b.ids and np.array_equal(a.vectors, b.vectors)
     assert not parts.exists()
