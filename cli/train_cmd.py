@@ -18,17 +18,20 @@ Examples:
   reformer-retrieval train corpus/ -o runs/default --resume          # continue after an interruption
 
 \b
-CORPUS is a Parquet file or a directory of train-*.parquet shards (columns id, text). MODEL_DIR receives
+CORPUS is a Parquet, JSON Lines or CSV file (plain or compressed), a quoted glob, or a directory of
+train-* shards (all its corpus files if none is so named); columns id and text (the config's
+id_column / text_column; dotted names reach nested fields). MODEL_DIR receives
 the model (config.json, model.safetensors, tokenizer.json, training.json; refreshed at every checkpoint),
 train_config.json, metrics.jsonl and checkpoints/. --resume continues exactly where the newest checkpoint
 left off (batches, learning rate, optimizer state). With max_minutes in the config the run stops in time
 to validate and save within that budget; with auto_steps it first measures this machine's speed and picks
-the number of steps that fills the budget.
+the number of steps that fills the budget. A checkpoint is written at least every checkpoint_seconds
+(120 s by default; and every checkpoint_every steps if set), so an interruption loses about that much.
 """
 
 
 @click.command("train", epilog=_EPILOG)
-@click.argument("corpus", type=click.Path(exists=True, path_type=Path))
+@click.argument("corpus", metavar="CORPUS")
 @click.option("-o", "--output", "output", required=True, type=click.Path(file_okay=False, path_type=Path),
               metavar="MODEL_DIR", help="Directory for the model, logs and checkpoints.")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
@@ -43,7 +46,7 @@ the number of steps that fills the budget.
               help="Override the number of batch-building processes.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def train(
-    corpus: Path,
+    corpus: str,
     output: Path,
     config_path: Path | None,
     resume: bool,

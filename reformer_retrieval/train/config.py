@@ -23,7 +23,10 @@ BPE_TRAIN_BYTES = 8_000_000
 """Default size of the corpus sample a BPE vocabulary is trained on."""
 
 RUNTIME_FIELDS = frozenset(
-    {"max_minutes", "device", "num_workers", "prefetch", "checkpoint_every", "log_every", "eval_every", "progress"}
+    {
+        "max_minutes", "device", "num_workers", "prefetch", "checkpoint_every", "checkpoint_seconds", "log_every",
+        "eval_every", "progress",
+    }
 )
 """Fields that may differ when a run is resumed (they do not change what is learned)."""
 
@@ -96,6 +99,8 @@ class TrainConfig:
             times a validation, which the budget reserves for the final one). If off, that time is
             estimated from a few documents.
         checkpoint_every: Write a checkpoint every this many steps (0 = only at the end).
+        checkpoint_seconds: Also write one once this many seconds have passed since the last (0 = off), so an
+            interrupted run loses at most about this much training whatever the step time.
         log_every: Append a line to ``metrics.jsonl`` every this many steps.
         max_minutes: Wall-clock budget of the whole run; training stops in time to validate and save the
             final model within it (None = no limit).
@@ -145,6 +150,7 @@ class TrainConfig:
     eval_every: int = 0
     eval_at_start: bool = True
     checkpoint_every: int = 0
+    checkpoint_seconds: float = 120.0
     log_every: int = 10
     max_minutes: float | None = None
     device: str = "auto"
@@ -205,6 +211,8 @@ class TrainConfig:
             self._fail("eval_lengths", "must be positive token counts")
         if self.val_docs and max(self.eval_lengths) > max_len:
             self._fail("eval_lengths", f"must not exceed the model's max_len={max_len} (or set val_docs to 0)")
+        if not (isinstance(self.checkpoint_seconds, (int, float)) and self.checkpoint_seconds >= 0):
+            self._fail("checkpoint_seconds", "must be a number >= 0 (0 = no checkpoint by time)")
         if self.max_minutes is not None and self.max_minutes <= 0:
             self._fail("max_minutes", "must be > 0 or null")
         if self.auto_steps and self.max_minutes is None:

@@ -9,6 +9,7 @@ would have seen.
 from __future__ import annotations
 
 import bisect
+import glob as _glob
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,8 +18,15 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from reformer_retrieval.corpus_formats import (
+    CorpusError,
+    describe_columns,
+    read_file_schema,
+    resolve_field,
+    resolve_sources,
+    scan_file,
+)
 from reformer_retrieval.tokenizer import ByteTokenizer
 from reformer_retrieval.train.augment import AugmentPolicy, crop
 
@@ -34,10 +42,6 @@ __all__ = [
 ]
 
 
-class CorpusError(ValueError):
-    """A corpus file is missing, unreadable, lacks a column, or has duplicate ids."""
-
-
 # ------------------------------------------------------------------------------------------------ corpus
 @dataclass
 class Corpus:
@@ -48,7 +52,7 @@ class Corpus:
         texts: Document texts.
         clusters: Cluster label per document (strings) when a cluster column was read, else None.
         n_bytes: UTF-8 length of every text.
-        files: The Parquet files read.
+        files: The corpus files read.
         skipped: ``(file, id, reason)`` of rows that were skipped (null or empty text).
     """
 
@@ -76,17 +80,16 @@ class Corpus:
 
 
 def corpus_files(path: str | Path) -> list[Path]:
-    """The Parquet files of a corpus: the file itself, or a directory's ``train-*.parquet`` shards
-    (all ``*.parquet`` files if it has no such shard), sorted by name."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if path.is_dir():
-        files = sorted(path.glob("train-*.parquet")) or sorted(path.glob("*.parquet"))
-        if not files:
-            raise CorpusError(f"corpus directory {path} holds no .parquet file")
-        return files
-    raise CorpusError(f"corpus {path} does not exist")
+    """The files of a corpus (Parquet, JSON Lines or CSV; see `reformer_retrieval.corpus_formats`): the file
+    itself, a glob's matches, or a directory's ``train-*`` shards (all its corpus files if it has no such
+    shard), sorted by name."""
+    text = str(path)
+    if "://" not in text and not _glob.has_magic(text) and not Path(text).exists():
+        raise CorpusError(f"corpus {path} does not exist")
+    files = resolve_sources(path)
+    if Path(text).is_dir():
+        return [f for f in files if f.name.startswith("train-")] or files
+    return files
 
 
 def read_corpus(
@@ -95,7 +98,8 @@ def read_corpus(
     text_column: str = "text",
     cluster_column: str | None = None,
 ) -> Corpus:
-    """Read ``(id, text[, cluster])`` from a Parquet file or a directory of shards.
+    """Read ``(id, text[, cluster])`` from a corpus file (Parquet, JSON Lines or CSV), a glob or a directory
+    of shards; dotted column names reach nested fields.
 
     Rows with a null or empty text are skipped and listed in ``Corpus.skipped``; a null or duplicate id,
     or a missing column, raises `CorpusError` naming the file, the column and the row's id.
@@ -107,44 +111,45 @@ def read_corpus(
     n_bytes: list[np.ndarray] = []
     skipped: list[tuple[str, str, str]] = []
     seen: dict[str, Path] = {}
+    columns = {"id": id_column, "text": text_column, **({"cluster": cluster_column} if cluster_column else {})}
     for file in files:
-        try:
-            schema = pq.read_schema(file)
-        except Exception as exc:
-            raise CorpusError(f"cannot read Parquet file {file}: {exc}") from exc
-        wanted = [id_column, text_column] + ([cluster_column] if cluster_column else [])
-        for col in wanted:
-            if col not in schema.names:
-                raise CorpusError(f"{file}: no column {col!r} (columns: {schema.names})")
-        table = pq.read_table(file, columns=wanted)
-        if not pa.types.is_string(table.schema.field(text_column).type) and not pa.types.is_large_string(
-            table.schema.field(text_column).type
-        ):
-            raise CorpusError(f"{file}: column {text_column!r} must hold strings, not {table.schema.field(text_column).type}")
-        col_ids = table.column(id_column).to_pylist()
-        col_text = table.column(text_column)
-        lengths = pc.fill_null(pc.binary_length(col_text), 0).to_numpy(zero_copy_only=False)
-        col_text = col_text.to_pylist()
-        col_cluster = table.column(cluster_column).to_pylist() if cluster_column else None
-        for row, (doc_id, text) in enumerate(zip(col_ids, col_text)):
-            if doc_id is None:
-                raise CorpusError(f"{file}: null value in column {id_column!r} at row {row}")
-            key = str(doc_id)
-            if key in seen:
-                raise CorpusError(f"{file}: duplicate id {key!r} in column {id_column!r} (first seen in {seen[key]})")
-            seen[key] = file
-            if text is None or text == "":
-                skipped.append((str(file), key, "null text" if text is None else "empty text"))
-                continue
-            if col_cluster is not None and clusters is not None:
-                label = col_cluster[row]
-                if label is None:
-                    raise CorpusError(f"{file}: null value in column {cluster_column!r} for id {key!r}")
-                clusters.append(str(label))
-            ids.append(key)
-            texts.append(text)
-        keep = np.array([t is not None and t != "" for t in col_text], dtype=bool)
-        n_bytes.append(np.asarray(lengths, dtype=np.int64)[keep] if len(keep) else np.zeros(0, np.int64))
+        schema = read_file_schema(file)
+        if schema is None:  # an empty JSON Lines / CSV file
+            continue
+        for col in columns.values():
+            if resolve_field(schema, col) is None:
+                raise CorpusError(f"{file}: no column {col!r} (columns: {describe_columns(schema)})")
+        text_type = resolve_field(schema, text_column)[1]  # type: ignore[index]
+        if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type) or pa.types.is_null(text_type)):
+            raise CorpusError(f"{file}: column {text_column!r} must hold strings, not {text_type}")
+        row = 0
+        for batch in scan_file(file, columns, batch_size=8192, schema=schema):
+            col_ids = batch.column("id").to_pylist()
+            col_text = batch.column("text")
+            lengths = pc.fill_null(pc.binary_length(col_text.cast(pa.string())), 0).to_numpy(zero_copy_only=False)
+            col_text = col_text.to_pylist()
+            col_cluster = batch.column("cluster").to_pylist() if cluster_column else None
+            keep = np.zeros(len(col_ids), dtype=bool)
+            for offset, (doc_id, text) in enumerate(zip(col_ids, col_text)):
+                if doc_id is None:
+                    raise CorpusError(f"{file}: null value in column {id_column!r} at row {row + offset}")
+                key = str(doc_id)
+                if key in seen:
+                    raise CorpusError(f"{file}: duplicate id {key!r} in column {id_column!r} (first seen in {seen[key]})")
+                seen[key] = file
+                if text is None or text == "":
+                    skipped.append((str(file), key, "null text" if text is None else "empty text"))
+                    continue
+                if col_cluster is not None and clusters is not None:
+                    label = col_cluster[offset]
+                    if label is None:
+                        raise CorpusError(f"{file}: null value in column {cluster_column!r} for id {key!r}")
+                    clusters.append(str(label))
+                ids.append(key)
+                texts.append(text)
+                keep[offset] = True
+            n_bytes.append(np.asarray(lengths, dtype=np.int64)[keep])
+            row += batch.num_rows
     if not ids:
         raise CorpusError(f"corpus {path} has no document with a non-empty {text_column!r}")
     return Corpus(ids, texts, clusters, np.concatenate(n_bytes), files, skipped)

@@ -56,6 +56,8 @@ from reformer_retrieval.train.state import latest_checkpoint, load_optimizer_sta
 
 __all__ = ["TrainError", "Trainer", "train"]
 
+_clock = time.monotonic  # what checkpoint_seconds is measured by (a test may replace it)
+
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "train_config.json"
 
@@ -627,6 +629,8 @@ class Trainer:
         for _ in range(3):  # evaluations and checkpoints depend on the number of steps
             n_evals = steps // cfg.eval_every if cfg.eval_every else 0
             n_ckpt = steps // cfg.checkpoint_every if cfg.checkpoint_every else 0
+            if cfg.checkpoint_seconds:
+                n_ckpt += int(available // (cfg.checkpoint_seconds + self.save_seconds))
             room = available - n_evals * self.eval_seconds - n_ckpt * self.save_seconds
             steps = max(1, min(cfg.steps, int(0.95 * room / per_step)))
         return steps
@@ -763,6 +767,7 @@ class Trainer:
             save_checkpoint(self.out, self.step, self.model, self.tokenizer, self.optimizer, self._trainer_state())
         save_model(self.model, self.out, tokenizer=self.tokenizer, training=self.training_record(status))
         self.save_seconds = max(0.5, time.perf_counter() - t)
+        self._last_checkpoint = _clock()
 
     # ------------------------------------------------------------------ run
     def run(self, stop_at: int | None = None) -> dict[str, Any]:
@@ -854,6 +859,7 @@ class Trainer:
         )
         status = "complete"
         bad_run = 0
+        self._last_checkpoint = _clock()
         try:
             while self.step < cfg.steps:
                 if stop_at is not None and self.step >= stop_at:
@@ -900,7 +906,9 @@ class Trainer:
                 fits = self.elapsed() + 2 * self.eval_seconds + self._final_reserve() < self.budget
                 if due and fits and self._has_validation():
                     self._log_eval(self.evaluate())
-                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
+                by_steps = cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0
+                by_time = cfg.checkpoint_seconds and _clock() - self._last_checkpoint >= cfg.checkpoint_seconds
+                if (by_steps or by_time) and self.step < cfg.steps:
                     self._save("in progress", checkpoint=True)
         finally:
             bar.close()

@@ -12,6 +12,8 @@ import pytest
 from click.testing import CliRunner
 from reformer_retrieval.cli.main import cli
 
+from reformer_retrieval.checkpoint import read_training
+
 TINY = {
     "model": {"d_model": 32, "n_layers": 2, "n_heads": 2, "d_ff": 64, "embedding_dim": 16, "chunk_size": 16,
               "max_len": 512, "axial_pos_shape": [32, 16], "n_hashes": 2},
@@ -66,3 +68,25 @@ def test_train_command_errors_are_one_line(corpus: Path, tmp_path: Path) -> None
     pq.write_table(pa.table({"id": ["a"], "body": ["x"]}), text_less)
     result = CliRunner().invoke(cli, ["train", str(text_less), "-o", str(tmp_path / "m3")])
     assert result.exit_code != 0 and "nocol.parquet" in result.output and "'text'" in result.output
+    result = CliRunner().invoke(cli, ["train", str(tmp_path / "absent.jsonl"), "-o", str(tmp_path / "m4")])
+    assert result.exit_code != 0 and "absent.jsonl does not exist" in result.output and "Traceback" not in result.output
+    notes = tmp_path / "notes.txt"
+    notes.write_text("one document per line\n")
+    result = CliRunner().invoke(cli, ["train", str(notes), "-o", str(tmp_path / "m5")])
+    assert f"only Parquet, JSON Lines and CSV are read: {notes} looks like plain text (.txt)" in result.output
+
+
+def test_train_command_reads_a_json_lines_glob(tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    words = ["alpha", "beta", "gamma", "delta", "river", "stone", "cloud", "paper", "light", "house"]
+    texts = [" ".join(rng.choice(words, size=int(rng.integers(40, 120)))) + f" doc {i}" for i in range(24)]
+    for k in range(2):
+        lines = [json.dumps({"id": f"d{k}-{i}", "text": t}) for i, t in enumerate(texts[k * 12 : (k + 1) * 12])]
+        (tmp_path / f"shard-{k}.jsonl").write_text("\n".join(lines) + "\n")
+    config = tmp_path / "tiny.json"
+    config.write_text(json.dumps({**TINY, "steps": 1, "val_docs": 0}))
+    out = tmp_path / "model"
+    result = CliRunner().invoke(cli, ["train", str(tmp_path / "shard-*.jsonl"), "-o", str(out), "--config",
+                                      str(config), "-q"])
+    assert result.exit_code == 0, result.output
+    assert [f["name"] for f in read_training(out)["data"]["files"]] == ["shard-0.jsonl", "shard-1.jsonl"]

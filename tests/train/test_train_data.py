@@ -42,6 +42,21 @@ def test_read_corpus_reports_skipped_rows(tmp_path: Path) -> None:
     assert [(doc_id, why) for _, doc_id, why in corpus.skipped] == [("2", "null text"), ("3", "empty text")]
 
 
+def test_read_corpus_reads_json_lines_csv_globs_and_nested_fields(tmp_path: Path) -> None:
+    import gzip
+    import json
+
+    rows = [{"meta": {"id": f"j{i}", "group": f"g{i % 2}"}, "body": f"text {i} ünï"} for i in range(4)]
+    (tmp_path / "train-00000.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    corpus = read_corpus(tmp_path / "train-00000.jsonl.gz", "meta.id", "body", cluster_column="meta.group")
+    assert corpus.ids == ["j0", "j1", "j2", "j3"] and corpus.clusters == ["g0", "g1", "g0", "g1"]
+    assert corpus.n_bytes.tolist() == [len(t.encode("utf-8")) for t in corpus.texts]
+    (tmp_path / "train-00001.csv").write_text("id,text\nc0,first\nc1,\n")
+    both = read_corpus(str(tmp_path / "train-*.csv"))
+    assert both.ids == ["c0"] and [why for _, _, why in both.skipped] == ["empty text"]
+    assert [f.name for f in read_corpus(tmp_path / "train-00001.csv").files] == ["train-00001.csv"]
+
+
 def test_split_holdout_is_seeded_and_keeps_long_documents() -> None:
     n_bytes = np.array([100] * 90 + [10_000] * 10)
     train, val = split_holdout(n_bytes, 12, seed=1, n_long=5, long_bytes=5000)

@@ -318,3 +318,29 @@ def test_a_grafted_run_resumes_exactly(corpus_dir: Path, tmp_path: Path, tiny_tr
     resumed = Trainer(cfg, corpus_dir, tmp_path / "split", resume=True, log=logs.append).run()
     assert resumed["model_id"] == whole["model_id"]
     assert not any("n-grams added" in line or "idf" in line for line in logs)  # neither redone on resume
+
+
+def test_checkpoints_are_written_by_time_as_well(
+    corpus_dir: Path, tmp_path: Path, tiny_train_config: TrainConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no step cadence, a checkpoint is still written once ``checkpoint_seconds`` have passed since the
+    last one (the clock here moves 50 s per reading: the loop's start, then once after each step)."""
+    import reformer_retrieval.train.trainer as trainer_module
+
+    saved: list[tuple[str, int]] = []
+    original = Trainer._save
+
+    def spy(self: Trainer, status: str, checkpoint: bool) -> None:
+        saved.append((status, self.step))
+        original(self, status, checkpoint)
+
+    monkeypatch.setattr(Trainer, "_save", spy)
+    for seconds, expected in ((120.0, [("in progress", 3)]), (0.0, [])):
+        ticks = iter(range(50, 10_000, 50))
+        monkeypatch.setattr(trainer_module, "_clock", lambda ticks=ticks: float(next(ticks)))
+        saved.clear()
+        cfg = tiny_train_config.replace(val_docs=0, checkpoint_seconds=seconds)
+        Trainer(cfg, corpus_dir, tmp_path / f"run-{seconds:g}").run()
+        assert saved == [*expected, ("complete", 6)]
+    with pytest.raises(ValueError, match="checkpoint_seconds"):
+        tiny_train_config.replace(checkpoint_seconds=-1)
