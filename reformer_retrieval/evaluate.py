@@ -265,22 +265,21 @@ def _ndcg(ranked: Sequence[Any], rel: Mapping[Any, float], k: int) -> float:
 
 # --------------------------------------------------------------------------------------------- file-level runs
 def read_labels(path: str | Path, id_column: str = "id", label_column: str = "cluster") -> dict[Any, Any]:
-    """id -> cluster label from a labelled Parquet file (null labels are refused, naming the id)."""
-    import pyarrow.parquet as pq
+    """id -> cluster label from a labelled corpus (Parquet, JSON Lines or CSV; a file, directory or glob;
+    dotted names reach nested fields). Null labels and repeated ids are refused, naming the id."""
+    from reformer_retrieval.corpus_formats import CorpusError, iter_record_batches
 
-    path = Path(path)
-    names = pq.read_schema(path).names
-    for col in (id_column, label_column):
-        if col not in names:
-            raise ValueError(f"{path}: no column {col!r} (has {', '.join(names)})")
-    table = pq.read_table(path, columns=[id_column, label_column])
     out: dict[Any, Any] = {}
-    for doc_id, label in zip(table.column(id_column).to_pylist(), table.column(label_column).to_pylist()):
-        if label is None:
-            raise ValueError(f"{path}: id {doc_id!r} has a null {label_column!r}")
-        if doc_id in out:
-            raise ValueError(f"{path}: id {doc_id!r} appears twice")
-        out[doc_id] = label
+    try:
+        for file, _, batch in iter_record_batches(path, {"id": id_column, "label": label_column}, batch_size=65536):
+            for doc_id, label in zip(batch.column("id").to_pylist(), batch.column("label").to_pylist()):
+                if label is None:
+                    raise ValueError(f"{file}: id {doc_id!r} has a null {label_column!r}")
+                if doc_id in out:
+                    raise ValueError(f"{file}: id {doc_id!r} appears twice")
+                out[doc_id] = label
+    except CorpusError as exc:
+        raise ValueError(str(exc)) from None
     return out
 
 

@@ -187,30 +187,38 @@ def write_hits(hits: pa.Table, path: str | Path) -> Path:
 def read_queries(
     path: str | Path, id_column: str | None = None, text_column: str = "text", exclude_column: str | None = None
 ) -> tuple[list[Any], list[str], list[Any] | None]:
-    """(query ids, texts, ids to exclude or None) from a Parquet of queries.
+    """(query ids, texts, ids to exclude or None) from a query set: Parquet, JSON Lines or CSV (a file,
+    directory or glob; dotted names reach nested fields).
 
     ``id_column`` defaults to ``query_id`` if present, else ``id``. Null or empty texts are refused
     with the query id named.
     """
-    path = Path(path)
+    from reformer_retrieval.corpus_formats import (
+        CorpusError,
+        iter_record_batches,
+        read_file_schema,
+        resolve_field,
+        resolve_sources,
+    )
+
     try:
-        schema = pq.read_schema(path)
-    except (OSError, pa.ArrowException) as exc:
-        raise ValueError(f"{path}: not a readable Parquet file ({exc})") from None
-    names = schema.names
-    if id_column is None:
-        id_column = "query_id" if "query_id" in names else "id"
-    for col in (id_column, text_column, exclude_column):
-        if col is not None and col not in names:
-            raise ValueError(f"{path}: no column {col!r} (has {', '.join(names)})")
-    cols = [c for c in (id_column, text_column, exclude_column) if c is not None]
-    table = pq.read_table(path, columns=cols)
-    ids = table.column(id_column).to_pylist()
-    texts = table.column(text_column).to_pylist()
+        if id_column is None:
+            schema = read_file_schema(resolve_sources(path)[0])
+            id_column = "query_id" if schema is not None and resolve_field(schema, "query_id") else "id"
+        columns = {"id": id_column, "text": text_column, **({"exclude": exclude_column} if exclude_column else {})}
+        ids: list[Any] = []
+        texts: list[Any] = []
+        exclude: list[Any] | None = [] if exclude_column else None
+        for _, _, batch in iter_record_batches(path, columns, batch_size=65536):
+            ids.extend(batch.column("id").to_pylist())
+            texts.extend(batch.column("text").to_pylist())
+            if exclude is not None:
+                exclude.extend(batch.column("exclude").to_pylist())
+    except CorpusError as exc:
+        raise ValueError(str(exc)) from None
     for qid, text in zip(ids, texts):
         if qid is None:
             raise ValueError(f"{path}: a query has a null {id_column!r}")
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"{path}: query {qid!r} has a null or empty {text_column!r}")
-    exclude = table.column(exclude_column).to_pylist() if exclude_column else None
     return ids, texts, exclude

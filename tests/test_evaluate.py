@@ -113,3 +113,15 @@ def test_minhash_sweep_matches_separate_runs():
     assert first.summary["thresholds"] == {"jaccard": 0.2}
     with pytest.raises(ValueError, match="signatures have shape"):
         find_duplicates(ids, texts=texts, method="minhash", signatures=np.zeros((2, 128), np.uint32))
+
+
+def test_read_labels_from_json_lines_and_csv(tmp_path):
+    from reformer_retrieval.evaluate import read_labels
+
+    (tmp_path / "l.jsonl").write_text('{"id": 1, "meta": {"cluster": "a"}}\n{"id": 2, "meta": {"cluster": "a"}}\n')
+    assert read_labels(tmp_path / "l.jsonl", label_column="meta.cluster") == {1: "a", 2: "a"}
+    (tmp_path / "l.csv").write_text("id,cluster\nx,1\nx,2\n")
+    with pytest.raises(ValueError, match=r"l\.csv: id 'x' appears twice"):
+        read_labels(tmp_path / "l.csv")
+    with pytest.raises(ValueError, match="no column 'label'"):
+        read_labels(tmp_path / "l.csv", label_column="label")

@@ -88,3 +88,8 @@ def test_formats_and_query_files(tmp_path):
         read_queries(tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match="no column 'body'"):
         read_queries(tmp_path / "q.parquet", text_column="body")
+    # JSON Lines and CSV query sets, nested fields by dotted name
+    (tmp_path / "q.jsonl").write_text('{"query_id": "x", "q": {"text": "t1"}}\n{"query_id": "y", "q": {"text": "t2"}}\n')
+    assert read_queries(tmp_path / "q.jsonl", text_column="q.text") == (["x", "y"], ["t1", "t2"], None)
+    (tmp_path / "q.csv").write_text("id,text,own\n1,t1,d1\n2,t2,d2\n")
+    assert read_queries(tmp_path / "q.csv", exclude_column="own") == (["1", "2"], ["t1", "t2"], ["d1", "d2"])
