@@ -38,6 +38,9 @@ def _register() -> None:
     cli.add_command(dedup)
     cli.add_command(search)
     cli.add_command(eval_group)
+    from reformer_retrieval.cli.report_cmd import report
+
+    cli.add_command(report)
     return None
 
 
