@@ -74,8 +74,8 @@ Examples:
 
 \b
 INPUT is an embeddings file (from `reformer-retrieval encode`), or for --kind minhash a corpus
-(id and text columns). The directory is written atomically; an existing one is only replaced
-with --overwrite.
+(id and text columns; Parquet, JSON Lines or CSV, a file, directory or quoted glob). The directory
+is written atomically; an existing one is only replaced with --overwrite.
 """
 
 
@@ -108,7 +108,7 @@ def build(input_path: str, output: Path, kind: str, overwrite: bool, id_column: 
     """Build an index of KIND over INPUT and write it to INDEX_DIR."""
     from reformer_retrieval.indexes import MinHashIndex, build_index, set_threads
 
-    from reformer_retrieval.corpus import read_embeddings, read_texts
+    from reformer_retrieval.corpus import CorpusError, read_embeddings, read_texts
 
     start = time.perf_counter()
     with reported_as_click_errors(*_errors()):
@@ -123,6 +123,8 @@ def build(input_path: str, output: Path, kind: str, overwrite: bool, id_column: 
             if skipped:
                 click.echo(f"skipped {len(skipped):,} rows with a null id or an empty text", err=True)
         else:
+            if not Path(input_path).exists():
+                raise CorpusError(f"{input_path}: no such file")
             if not _is_embeddings(input_path):
                 raise click.UsageError(
                     f"{input_path} is not an embeddings file; run `reformer-retrieval encode` first "

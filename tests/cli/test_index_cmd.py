@@ -99,3 +99,13 @@ def test_one_line_errors(tmp_path):
     out = runner.invoke(cli, ["index", "build", str(emb), "-o", str(tmp_path / "i2")])
     assert out.exit_code == 1 and "--overwrite" in out.output
     assert runner.invoke(cli, ["index", "build", str(emb), "-o", str(tmp_path / "i2"), "--overwrite"]).exit_code == 0
+
+
+def test_build_from_a_missing_file_says_it_does_not_exist(tmp_path):
+    missing = tmp_path / "missing.parquet"
+    out = CliRunner().invoke(cli, ["index", "build", str(missing), "-o", str(tmp_path / "i")])
+    assert out.exit_code == 1 and out.output.strip() == f"Error: {missing}: no such file"
+    jsonl = tmp_path / "c.jsonl"
+    jsonl.write_text("{\"id\": \"a\", \"text\": \"some text here\"}\n{\"id\": \"b\", \"text\": \"other words\"}\n")
+    out = CliRunner().invoke(cli, ["index", "build", str(jsonl), "-o", str(tmp_path / "m"), "--kind", "minhash", "-q"])
+    assert out.exit_code == 0 and "built a minhash index of 2 entries" in out.output
