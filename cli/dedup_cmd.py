@@ -23,7 +23,9 @@ Examples:
 INPUT is a corpus (id + text columns; encoded with --model, the embeddings kept in
 OUT_DIR/embeddings.parquet) or an embeddings file. Every candidate pair is verified exactly (cosine
 on the vectors, Jaccard on word 2-gram shingles) before clustering. Writes OUT_DIR/clusters.parquet
-(every id, singletons included), OUT_DIR/pairs.parquet and OUT_DIR/summary.json.
+(every id, singletons included), OUT_DIR/pairs.parquet and OUT_DIR/summary.json; from a corpus also
+OUT_DIR/embeddings.parquet, embeddings.skipped.parquet and (when rows are skipped) skipped.parquet. Every
+file written is listed at the end. INPUT and --corpus may be Parquet, JSON Lines or CSV.
 Default thresholds: cosine from the model's training.json "dedup_threshold" ("hybrid_dedup_threshold"
 for --method hybrid; else the library default), Jaccard 0.2 on word 2-grams (chosen on the wiki_versions dev set; see the README).
 """
@@ -81,6 +83,7 @@ def dedup(input_path: str, output: Path, method: str, threshold: float | None, m
         "keep": keep, "num_perm": num_perm, "shingle": shingle, "ngram": ngram,
     }
     errors = (CorpusError, ModelDirectoryError, IndexInputError, ValueError, OSError, RuntimeError)
+    before = _file_states(output)
     try:
         with reported_as_click_errors(*errors):
             set_threads(threads)
@@ -114,4 +117,21 @@ def dedup(input_path: str, output: Path, method: str, threshold: float | None, m
         for group in clusters[:show]:
             head = ", ".join(str(x) for x in group[:6]) + (f", ... (+{len(group) - 6})" if len(group) > 6 else "")
             click.echo(f"  [{len(group)}] {head}")
-    click.echo(f"\nwrote {output / 'clusters.parquet'}, {output / 'pairs.parquet'}, {output / 'summary.json'}")
+    written = _written_since(output, before)
+    click.echo(f"\nwrote {len(written)} file(s) in {output}:")
+    for path in written:
+        click.echo(f"  {path.name} ({path.stat().st_size:,} bytes)")
+
+
+def _file_states(directory: Path) -> dict[str, tuple[int, int, int]]:
+    """(inode, size, mtime) of every file directly in ``directory`` (empty if it does not exist)."""
+    if not directory.is_dir():
+        return {}
+    return {p.name: (st.st_ino, st.st_size, st.st_mtime_ns) for p in directory.iterdir() if p.is_file()
+            for st in [p.stat()]}
+
+
+def _written_since(directory: Path, before: dict[str, tuple[int, int, int]]) -> list[Path]:
+    """Files of ``directory`` that are new or were rewritten since ``before`` (atomic writes give a new inode)."""
+    now = _file_states(directory)
+    return [directory / name for name in sorted(now) if before.get(name) != now[name]]

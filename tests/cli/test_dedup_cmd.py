@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.csv
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -51,6 +52,33 @@ def test_dedup_corpus_end_to_end(tmp_path, corpus, tiny_dir):
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["method"] == "hybrid" and summary["skipped_rows"] == 1
     assert (out_dir / "embeddings.parquet").is_file()
+    written = sorted(p.name for p in out_dir.iterdir())
+    assert written == ["clusters.parquet", "embeddings.parquet", "embeddings.skipped.parquet", "pairs.parquet",
+                       "skipped.parquet", "summary.json"]
+    assert f"wrote 6 file(s) in {out_dir}:" in res.output
+    assert all(f"  {name} (" in res.output for name in written)
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv"])
+def test_dedup_reads_json_lines_and_csv(tmp_path, tiny_dir, fmt):
+    texts = [STORY, "Quantum chromodynamics describes quarks and gluons.", STORY]
+    src = tmp_path / f"corpus.{fmt}"
+    if fmt == "jsonl":
+        src.write_text("".join(json.dumps({"meta": {"id": f"d{i}"}, "body": t}) + "\n" for i, t in enumerate(texts)))
+        columns = ["--id-column", "meta.id", "--text-column", "body"]
+    else:
+        pa.csv.write_csv(pa.table({"id": [f"d{i}" for i in range(3)], "text": texts}), src)
+        columns = []
+    out_dir = tmp_path / "out"
+    res = CliRunner().invoke(cli, ["dedup", str(src), "-o", str(out_dir), "--model", str(tiny_dir), "--device", "cpu",
+                                   "--threshold", "0.9999", "-q", *columns])
+    assert res.exit_code == 0, res.output
+    assert "3 documents -> 2 clusters (1 with duplicates)" in res.output
+    clusters = pq.read_table(out_dir / "clusters.parquet").to_pydict()
+    assert clusters["id"] == ["d0", "d1", "d2"] and clusters["cluster_id"][0] == clusters["cluster_id"][2]
+    rerun = CliRunner().invoke(cli, ["dedup", str(out_dir / "embeddings.parquet"), "-o", str(tmp_path / "again"),
+                                     "--threshold", "0.9999", "-q"])
+    assert rerun.exit_code == 0 and "wrote 3 file(s)" in rerun.output
 
 
 def test_dedup_minhash_needs_no_model(tmp_path, corpus):
