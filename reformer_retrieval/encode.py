@@ -82,6 +82,11 @@ MERGE_ROW_GROUP = 65_536
 """Rows per row group of a merged embeddings file."""
 
 _clock = time.monotonic  # the clock parts are closed by (a test may replace it)
+
+AUTO_PROGRESS_DOCS = 2_000
+"""`Encoder.encode` with ``show_progress=None`` shows a bar from this many texts on ..."""
+AUTO_PROGRESS_TOKENS = 500_000
+"""... or this many tokens (about 15 s on two CPU cores)."""
 LongDocs = Literal["truncate", "window"]
 
 _DTYPES = {
@@ -405,11 +410,16 @@ class Encoder:
         )
 
     # ------------------------------------------------------------------ texts
-    def encode(self, texts: Sequence[str], show_progress: bool = False) -> np.ndarray:
+    def encode(self, texts: Sequence[str], show_progress: bool | None = None) -> np.ndarray:
         """Unit vectors of ``texts``: float32 array (n, dim), in input order.
 
         An empty text gets the zero vector. Truncation is reported as a logged warning; use
         `encode_with_info` to get ``n_tokens`` and ``truncated`` per text.
+
+        Args:
+            texts: The documents.
+            show_progress: Show a tqdm bar; ``None`` shows one when the work is long (at least
+                `AUTO_PROGRESS_DOCS` texts or `AUTO_PROGRESS_TOKENS` tokens), not for short calls.
         """
         vectors, _, truncated = self.encode_with_info(texts, show_progress=show_progress)
         if truncated.any():
@@ -423,9 +433,9 @@ class Encoder:
         return vectors
 
     def encode_with_info(
-        self, texts: Sequence[str], show_progress: bool = False
+        self, texts: Sequence[str], show_progress: bool | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Vectors plus what was read.
+        """Vectors plus what was read (``show_progress`` as in `encode`).
 
         Returns:
             ``(vectors, n_tokens, truncated)``: float32 (n, dim); int32 (n,) tokens read per text (all of
@@ -433,6 +443,8 @@ class Encoder:
         """
         texts = _as_text_list(texts)
         prepared = self._prepare(texts)
+        if show_progress is None:
+            show_progress = len(texts) >= AUTO_PROGRESS_DOCS or prepared.tokens >= AUTO_PROGRESS_TOKENS
         progress = _Progress(len(texts), show_progress, desc="encode")
         try:
             vectors = self._run(prepared, progress)

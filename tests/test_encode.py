@@ -443,3 +443,23 @@ def test_subprocess_killed_mid_run_then_resumed(tmp_path, tiny_dir):
     assert np.array_equal(a.vectors, b.vectors) and np.array_equal(a.n_tokens, b.n_tokens)
     assert dst.read_bytes() == ref.read_bytes()
     assert not parts.exists()
+
+
+def test_encode_shows_progress_only_for_long_work(encoder, monkeypatch, capsys):
+    """``show_progress=None`` (the default): a bar for long work, none for a short call; True / False force it."""
+    import reformer_retrieval.encode as encode_module
+
+    monkeypatch.setattr(encode_module, "AUTO_PROGRESS_DOCS", 6)
+    monkeypatch.setattr(encode_module, "AUTO_PROGRESS_TOKENS", 400)
+    cases = [
+        (["short text"] * 5, None, False),  # 5 texts, 50 tokens: short
+        (["short text"] * 6, None, True),  # as many texts as the threshold
+        (["x" * 250] * 2, None, True),  # few texts but many tokens
+        (["short text"] * 6, False, False),
+        (["short"], True, True),
+    ]
+    for texts, show, shown in cases:
+        capsys.readouterr()
+        encoder.encode(texts, show_progress=show)
+        err = capsys.readouterr().err
+        assert ("encode: " in err) == shown, (len(texts), show, err)
