@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from reformer_retrieval.cli.options import device_option
 
 __all__ = ["dedup"]
 
@@ -51,7 +52,7 @@ for --method hybrid; else the library default), Jaccard 0.2 on word 2-grams (cho
               help="Corpus of the texts when INPUT is an embeddings file (minhash / hybrid / --keep longest).")
 @click.option("--model", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Model directory (default: the bundled default model).")
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", help="Where to encode.")
+@device_option(help="Where to encode.")
 @click.option("--id-column", default="id", show_default=True, help="Id column of the corpus.")
 @click.option("--text-column", default="text", show_default=True, help="Text column of the corpus.")
 @click.option("--num-perm", type=click.IntRange(min=1), default=128, show_default=True, help="MinHash permutations.")

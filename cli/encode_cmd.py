@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import click
+from reformer_retrieval.cli.options import device_option
 
 __all__ = ["encode"]
 
@@ -34,8 +35,7 @@ reused, only the rest is encoded, and the output is the same as that of an unint
               metavar="DIR", help="Model directory (default: the bundled default model).")
 @click.option("--id-column", default="id", show_default=True, help="Id column of the corpus.")
 @click.option("--text-column", default="text", show_default=True, help="Text column of the corpus.")
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
-              help="Where to run the model; auto uses CUDA when present.")
+@device_option()
 @click.option("--dtype", default=None, type=click.Choice(["float32", "bfloat16", "float16"]),
               help="Compute dtype [default: float32 on CPU, bfloat16 on GPU].")
 @click.option("--batch-tokens", type=click.IntRange(min=1), default=None,

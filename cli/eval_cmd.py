@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 from reformer_retrieval.cli.errors import reported_as_click_errors
+from reformer_retrieval.cli.options import device_option
 
 if TYPE_CHECKING:  # numpy is only named in annotations: keep it off the CLI's start-up
     import numpy as np
@@ -88,7 +89,7 @@ it kept apart.
               help="Embeddings of LABELLED (else it is encoded with --model).")
 @click.option("--model", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Model directory (default: the bundled model).")
-@click.option("--device", default="auto", show_default=True, help="Where to encode.")
+@device_option(help="Where to encode.")
 @click.option("--sweep", default=None, metavar="START:STOP:STEP",
               help="Thresholds to score [default: the default threshold only].")
 @click.option("--threshold", type=float, default=None, help="A single threshold (instead of --sweep).")
@@ -207,7 +208,7 @@ from its hits and its qrels.
               help="Score saved hits (query_id, rank, id) instead of searching.")
 @click.option("--model", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Model that built the index (default: the bundled model).")
-@click.option("--device", default="auto", show_default=True, help="Where to encode.")
+@device_option(help="Where to encode.")
 @click.option("--query-id-column", default=None, help="Query id column [query_id if present, else id].")
 @click.option("--query-text-column", default="text", show_default=True, help="Query text column.")
 @click.option("--exclude-column", default=None, help="Column of QUERIES naming each query's own document.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from reformer_retrieval.cli.options import device_option
 
 __all__ = ["search"]
 
@@ -30,7 +31,7 @@ object per query; Parquet (-o FILE) holds query_id, rank, id, score.
               help="A text file whose content is a query (repeatable).")
 @click.option("--id", "ids", multiple=True, help="Search with the stored vector of this indexed id (repeatable).")
 @click.option("--queries", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="A Parquet of queries (id and text columns).")
+              help="A query set: Parquet, JSON Lines or CSV (id and text columns).")
 @click.option("--query-id-column", default=None, help="Id column of --queries [query_id if present, else id].")
 @click.option("--query-text-column", default="text", show_default=True, help="Text column of --queries.")
 @click.option("--exclude-column", default=None,
@@ -44,7 +45,7 @@ object per query; Parquet (-o FILE) holds query_id, rank, id, score.
               help="Write the output here instead of printing it (required for parquet).")
 @click.option("--model", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Model that built the index (default: the bundled model).")
-@click.option("--device", default="auto", show_default=True, metavar="auto|cpu|cuda[:N]", help="Where to encode.")
+@device_option(help="Where to encode.")
 @click.option("--ef-search", type=click.IntRange(min=1), default=None, help="HNSW search beam for this search.")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists visited for this search.")
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="FAISS threads [default: all cores].")

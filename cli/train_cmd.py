@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import click
+from reformer_retrieval.cli.options import device_option
 
 __all__ = ["train"]
 
@@ -41,7 +42,7 @@ the number of steps that fills the budget. A checkpoint is written at least ever
               help="Labelled Parquet (id, text, cluster): pair ROC-AUC and best F1 at every validation.")
 @click.option("--max-minutes", type=click.FloatRange(min=0, min_open=True), default=None,
               help="Override the config's wall-clock budget (minutes).")
-@click.option("--device", default=None, metavar="auto|cpu|cuda[:N]", help="Override the config's device.")
+@device_option(default=None, help="Override the config's device.")
 @click.option("--workers", type=click.IntRange(min=0), default=None,
               help="Override the number of batch-building processes.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
