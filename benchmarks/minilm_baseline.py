@@ -21,6 +21,11 @@ long runs are written every ``save_every`` documents and resume where they stopp
 
     from minilm_baseline import minilm_chunk_mean
     vectors = minilm_chunk_mean(texts, cache="~/.cache/reformer_retrieval/minilm")
+
+Run as a script, it is an interleaved speed check of the Reformer model and this baseline on the same texts
+(wall time and CPU time; chars per CPU-second is the steadier figure on a shared machine)::
+
+    python benchmarks/minilm_baseline.py --data ../shared/data/dev/wiki_versions/corpus.parquet --docs 60
 """
 
 from __future__ import annotations
@@ -44,9 +49,11 @@ __all__ = [
     "MiniLMStats",
     "chunk_text",
     "format_stats",
+    "main",
     "minilm_available",
     "minilm_chunk_mean",
     "minilm_chunk_mean_with_stats",
+    "speed_check",
     "stats_dict",
 ]
 
@@ -259,3 +266,85 @@ def format_stats(stats: MiniLMStats) -> str:
 def stats_dict(stats: MiniLMStats) -> dict[str, Any]:
     """The stats as a JSON-ready dict."""
     return asdict(stats)
+
+
+# ---------------------------------------------------------------------------------------------- speed check
+def speed_check(texts: list[str], model_dir: str | None = None, rounds: int = 3, batch_size: int = 32,
+                device: str = "cpu") -> list[dict[str, Any]]:
+    """Encode speed of the Reformer model and of the MiniLM chunk mean on the same texts, interleaved.
+
+    Each of ``rounds`` rounds times the model, then MiniLM (no cache), on all of ``texts`` after one untimed
+    warm-up of each; the best round of each is kept. Both wall time and process CPU time are reported: on a
+    shared machine, characters per CPU-second is the steadier measure of the work each method needs.
+    """
+    import time
+
+    import torch
+
+    from reformer_retrieval.encode import Encoder
+
+    encoder = Encoder.load(model_dir, device=device)
+    minilm = _MiniLM(DEFAULT_MAX_SEQ_LENGTH, device)
+
+    def run_minilm() -> None:
+        chunks = [c for t in texts for c in chunk_text(t)]
+        minilm.embed(chunks, batch_size)
+
+    methods = {f"model ({encoder.model_id}), both channels": lambda: encoder.encode(texts),
+               "MiniLM-L6 chunk-mean (1,000 chars)": run_minilm}
+    for fn in methods.values():  # warm-up
+        fn()
+    best: dict[str, tuple[float, float]] = {}
+    for _ in range(rounds):
+        for name, fn in methods.items():
+            c0, t0 = time.process_time(), time.perf_counter()
+            fn()
+            wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            if name not in best or wall < best[name][0]:
+                best[name] = (wall, cpu)
+    n_chars = sum(len(t) for t in texts)
+    return [{"method": name, "n_docs": len(texts), "n_chars": n_chars, "wall_s": round(wall, 3),
+             "cpu_s": round(cpu, 3), "chars_per_s": n_chars / wall, "chars_per_cpu_s": n_chars / cpu,
+             "torch_threads": torch.get_num_threads()} for name, (wall, cpu) in best.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python benchmarks/minilm_baseline.py --data FILE``: the interleaved speed check (`speed_check`)."""
+    import argparse
+
+    p = argparse.ArgumentParser(description="Encode speed: the Reformer model vs the MiniLM chunk mean, interleaved")
+    p.add_argument("--data", type=Path, required=True, help="Parquet with a text column")
+    p.add_argument("--text-column", default="text")
+    p.add_argument("--docs", type=int, default=60, help="documents taken (seeded sample)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--model", default=None, help="model directory (default: the bundled model)")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    missing = minilm_available()
+    if missing:
+        print(f"minilm_baseline: {missing}", file=sys.stderr)
+        return 2
+    import pyarrow.parquet as pq
+
+    try:
+        texts = pq.read_table(args.data, columns=[args.text_column]).column(args.text_column).to_pylist()
+    except (OSError, KeyError, ValueError) as exc:  # a missing column is pyarrow's ArrowInvalid (a ValueError)
+        print(f"minilm_baseline: {args.data}: {' '.join(str(exc).split())[:200]}", file=sys.stderr)
+        return 2
+    rng = np.random.default_rng(args.seed)
+    texts = [texts[i] for i in sorted(rng.permutation(len(texts))[: args.docs].tolist())]
+    rows = speed_check(texts, args.model, args.rounds)
+    from _common import markdown_table, write_json
+
+    print(markdown_table(["method", "docs", "chars", "wall s", "CPU s", "chars/s", "chars / CPU-s", "threads"],
+                         [[r["method"], r["n_docs"], f"{r['n_chars']:,}", f"{r['wall_s']:.2f}", f"{r['cpu_s']:.2f}",
+                           f"{r['chars_per_s']:,.0f}", f"{r['chars_per_cpu_s']:,.0f}", r["torch_threads"]]
+                          for r in rows]))
+    if args.json is not None:
+        write_json(args.json, {"data": str(args.data), "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

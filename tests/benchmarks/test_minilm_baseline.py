@@ -70,3 +70,22 @@ def test_cache_makes_reruns_free(tmp_path: Path, capsys: pytest.CaptureFixture[s
         minilm_baseline._MiniLM = real  # type: ignore[misc]
     np.testing.assert_array_equal(again, first)
     assert stats.n_cached == 2 and stats.n_encoded == 0 and stats.chars_per_s_from_cache
+
+
+@pytest.mark.slow  # loads both models
+@needs_minilm
+def test_speed_check_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "texts.parquet"
+    pq.write_table(pa.table({"text": TEXTS[:2]}), data)
+    out = tmp_path / "speed.json"
+    assert minilm_baseline.main(["--data", str(data), "--rounds", "1", "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["method"].split(" ")[0] for r in rows] == ["model", "MiniLM-L6"]
+    assert all(r["n_chars"] == len(TEXTS[0]) + len(TEXTS[1]) and r["chars_per_cpu_s"] > 0 for r in rows)
+    assert "chars / CPU-s" in capsys.readouterr().out
+    assert minilm_baseline.main(["--data", str(data), "--text-column", "body"]) == 2
