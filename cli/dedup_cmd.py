@@ -48,7 +48,7 @@ for --method hybrid; else the library default), Jaccard 0.2 on word 2-grams (cho
               help="Neighbours per document with --index hnsw / ivfpq.")
 @click.option("--keep", type=click.Choice(["longest", "first", "central"]), default="longest", show_default=True,
               help="Representative of each cluster.")
-@click.option("--corpus", type=click.Path(dir_okay=False), default=None,
+@click.option("--corpus", default=None, metavar="CORPUS",
               help="Corpus of the texts when INPUT is an embeddings file (minhash / hybrid / --keep longest).")
 @click.option("--model", type=click.Path(file_okay=False, path_type=Path), default=None, metavar="DIR",
               help="Model directory (default: the bundled default model).")
