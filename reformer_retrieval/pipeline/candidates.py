@@ -1,0 +1,150 @@
+"""Stage ``candidates``: band buckets -> star edges; exact range search (FAISS flat) for the embedding method.
+
+Bucket tasks (one per band partition): the keys of partition ``j`` from every ``bands`` shard are grouped by
+``(family, band, key)``; a bucket with members ``m0 < m1 < ... < mk`` emits the *star* edges ``(m0, mi)``,
+never all ``k (k + 1) / 2`` pairs, so a bucket of 100K documents costs 100K edges, not 5 x 10^9. A bucket
+larger than ``bucket_cap`` is still starred (nothing is dropped) and reported (``oversized`` in the
+stage report and in summary.json): it usually means boilerplate or near-empty documents.
+
+Flat tasks (``index="flat"``, one per embed shard): every pair with FAISS inner product ``>= threshold``
+between the shard's vectors and all vectors (an exact range search, as `find_duplicates` does today; the
+index of all vectors is loaded once per process or actor).
+
+Output shards hold ``a < b`` (int64 row ids) and ``dst`` (the verify partition, from a hash of ``a``),
+unique within the shard, sorted by ``dst`` with one row group per value.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from reformer_retrieval.pipeline.bands import _mix
+from reformer_retrieval.pipeline.runner import ShardTask
+from reformer_retrieval.pipeline.sketch import to_matrix
+
+__all__ = ["DEFAULT_BUCKET_CAP", "CandidatesTask", "edge_table", "star_edges"]
+
+#: Buckets with more members than this are reported in the summary (and still starred, never dropped).
+DEFAULT_BUCKET_CAP = 10_000
+
+
+def star_edges(groups: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Star edges of buckets: ``groups`` (sortable bucket labels) and member ``rows``, any order.
+
+    Returns ``(a, b, sizes)``: every non-smallest member ``b`` joined to its bucket's smallest member ``a``
+    and the size of every bucket (in the order of the sorted labels).
+    """
+    if len(rows) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    order = np.lexsort((rows, groups))
+    g, r = groups[order], rows[order]
+    start = np.ones(len(g), dtype=bool)
+    start[1:] = g[1:] != g[:-1]
+    head_index = np.cumsum(start) - 1
+    heads = r[start]
+    a = heads[head_index]
+    keep = ~start
+    sizes = np.diff(np.append(np.flatnonzero(start), len(g)))
+    return a[keep], r[keep], sizes
+
+
+def edge_table(a: np.ndarray, b: np.ndarray, n_dst: int) -> pa.Table:
+    """Unique edges ``(min, max)`` without self-loops, with their verify partition, sorted by it."""
+    lo, hi = np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64)
+    keep = lo != hi
+    lo, hi = lo[keep], hi[keep]
+    if len(lo):
+        pairs = np.unique(np.stack([lo, hi], axis=1), axis=0)
+        lo, hi = pairs[:, 0], pairs[:, 1]
+    dst = (_mix(lo.astype(np.uint64)) % np.uint64(max(1, n_dst))).astype(np.int32)
+    order = np.lexsort((hi, lo, dst))
+    return pa.table({"a": lo[order], "b": hi[order], "dst": dst[order]})
+
+
+class CandidatesTask(ShardTask):
+    """Candidate edges: ``n_parts`` bucket tasks, then (``flat_threshold`` set) one flat task per embed shard."""
+
+    name = "candidates"
+    row_group_key = "dst"
+
+    def __init__(self, bands_paths: list[str], n_parts: int, n_dst: int, bucket_cap: int = DEFAULT_BUCKET_CAP,
+                 embed_paths: list[str] | None = None, flat_threshold: float | None = None) -> None:
+        self.bands_paths, self.n_parts, self.n_dst = [str(p) for p in bands_paths], int(n_parts), int(n_dst)
+        self.bucket_cap = int(bucket_cap)
+        self.embed_paths = [str(p) for p in embed_paths or []]
+        self.flat_threshold = flat_threshold
+        self._state_index: Any = None
+
+    def n_shards(self) -> int:
+        """Bucket partitions plus, for flat candidates, one task per embed shard."""
+        n_flat = len(self.embed_paths) if self.flat_threshold is not None else 0
+        return (self.n_parts if self.bands_paths else 0) + n_flat
+
+    def settings(self) -> dict[str, Any]:
+        """Partitioning, cap and flat threshold."""
+        return {"parts": self.n_parts, "dst": self.n_dst, "cap": self.bucket_cap, "flat": self.flat_threshold}
+
+    def setup(self) -> None:
+        """Build the flat index of all vectors (flat candidates only)."""
+        if self.flat_threshold is None or not self.embed_paths:
+            return
+        from reformer_retrieval.indexes.store import build_index
+
+        t = pads.dataset(self.embed_paths, format="parquet").to_table(columns=["row", "embedding"])
+        x = to_matrix(t.column("embedding"), np.float32)
+        self._state_rows = t.column("row").to_numpy()
+        self._state_index = build_index("flat", x, list(range(len(x))))
+
+    def run(self, index: int) -> tuple[pa.Table, dict[str, Any]]:
+        """Edges of bucket partition ``index`` (or of flat query shard ``index - n_parts``)."""
+        n_bucket_tasks = self.n_parts if self.bands_paths else 0
+        if index < n_bucket_tasks:
+            return self._buckets(index)
+        return self._flat(index - n_bucket_tasks)
+
+    def _buckets(self, part: int) -> tuple[pa.Table, dict[str, Any]]:
+        t = pads.dataset(self.bands_paths, format="parquet").to_table(
+            columns=["family", "band", "key", "row"], filter=pc.field("part") == part)
+        family = t.column("family").to_numpy().astype(np.uint64)
+        band = t.column("band").to_numpy().astype(np.uint64)
+        key = t.column("key").to_numpy()
+        rows = t.column("row").to_numpy()
+        # one sortable label per (family, band, key): sort on three columns via lexsort inside star_edges
+        label = np.lexsort((key, band, family))
+        rank = np.empty(len(label), np.int64)
+        if len(label):
+            fk, bk, kk = family[label], band[label], key[label]
+            new = np.ones(len(label), bool)
+            new[1:] = (fk[1:] != fk[:-1]) | (bk[1:] != bk[:-1]) | (kk[1:] != kk[:-1])
+            rank[label] = np.cumsum(new) - 1
+        a, b, sizes = star_edges(rank, rows)
+        big = np.flatnonzero(sizes > self.bucket_cap)
+        report: dict[str, Any] = {"buckets": int((sizes > 1).sum()), "largest_bucket": int(sizes.max(initial=0)),
+                                  "oversized": []}
+        if len(big):
+            order = np.lexsort((rows, rank))
+            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            for g in big[np.argsort(-sizes[big], kind="stable")][:20].tolist():
+                first = order[starts[g]]
+                report["oversized"].append({"family": ["minhash", "embedding"][int(family[first])],
+                                            "band": int(band[first]), "size": int(sizes[g]),
+                                            "smallest_row": int(rows[first])})
+            report["oversized_count"] = len(big)
+        return edge_table(a, b, self.n_dst), report
+
+    def _flat(self, shard: int) -> tuple[pa.Table, dict[str, Any]]:
+        t = pq.read_table(self.embed_paths[shard], columns=["row", "embedding"])
+        q = to_matrix(t.column("embedding"), np.float32)
+        own = t.column("row").to_numpy()
+        if len(q) == 0 or self._state_index is None:
+            return edge_table(np.zeros(0, np.int64), np.zeros(0, np.int64), self.n_dst), {}
+        res = self._state_index.range_search(q, float(self.flat_threshold))
+        a = own[res.query_index()]
+        b = self._state_rows[np.asarray(res.rows, dtype=np.int64)]
+        return edge_table(a, b, self.n_dst), {}

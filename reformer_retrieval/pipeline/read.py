@@ -1,0 +1,246 @@
+"""Stage ``read``: a Parquet corpus -> shards of ``row`` (int64 row id), ``id``, ``text``, ``length``, ``skip_reason``.
+
+The corpus is opened with ``pyarrow.dataset``: a file, a directory of shards (hive partitions too; hidden
+and ``_``-prefixed entries ignored), a glob, or a URI of any filesystem pyarrow has (``file://``, ``s3://``,
+``gs://``). Files are taken in sorted path order and cut at row-group boundaries into shards of about
+``shard_rows`` rows; a row's id is its position in the corpus (file offsets come from the Parquet footers,
+so every shard knows its rows without reading the others). The id table (``row`` -> ``id``) is the
+``row``/``id`` columns of this stage's output.
+
+Rows with a null id or a null / empty / whitespace-only / non-UTF-8 text are kept with their
+``skip_reason`` (never silently dropped; the final stage lists them in ``skipped.parquet``); the other
+stages read only rows whose ``skip_reason`` is null. `check_unique_ids` refuses repeated ids, naming one.
+"""
+
+from __future__ import annotations
+
+import glob as _glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+
+from reformer_retrieval.corpus import (
+    REASON_BLANK_TEXT,
+    REASON_EMPTY_TEXT,
+    REASON_INVALID_UTF8,
+    REASON_NULL_ID,
+    REASON_NULL_TEXT,
+    CorpusError,
+)
+from reformer_retrieval.pipeline.runner import ShardTask, StageInfo
+
+__all__ = ["ReadTask", "ShardSpec", "check_unique_ids", "open_corpus", "plan_shards", "read_stage_columns"]
+
+DEFAULT_SHARD_ROWS = 65_536
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _text_problem(text: Any) -> str | None:
+    """Why a text value cannot be used (``None`` if it can); the reasons of `reformer_retrieval.corpus`."""
+    if text is None:
+        return REASON_NULL_TEXT
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError:
+            return REASON_INVALID_UTF8
+    if not text:
+        return REASON_EMPTY_TEXT
+    if text.isspace():
+        return REASON_BLANK_TEXT
+    return None
+
+
+def _is_text_type(t: pa.DataType) -> bool:
+    t = t.value_type if pa.types.is_dictionary(t) else t
+    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
+            or pa.types.is_large_binary(t) or str(t) == "string_view")
+
+
+def _check_columns(path: str, schema: pa.Schema, id_column: str, text_column: str) -> str:
+    """``"int"`` or ``"str"``: the id kind; `CorpusError` naming the file and column when unusable."""
+    for column, role in ((id_column, "id"), (text_column, "text")):
+        if column not in schema.names:
+            have = ", ".join(repr(n) for n in schema.names) or "none"
+            raise CorpusError(f"{path}: no {role} column {column!r}; the file has columns: {have}")
+    id_type = schema.field(id_column).type
+    id_type = id_type.value_type if pa.types.is_dictionary(id_type) else id_type
+    if pa.types.is_integer(id_type):
+        kind = "int"
+    elif _is_text_type(id_type) and not pa.types.is_binary(id_type):
+        kind = "str"
+    else:
+        raise CorpusError(f"{path}: id column {id_column!r} has type {id_type}; ids must be strings or integers")
+    if not _is_text_type(schema.field(text_column).type):
+        raise CorpusError(f"{path}: text column {text_column!r} has type {schema.field(text_column).type}; "
+                          "it must hold strings")
+    return kind
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """Rows of one read shard: row groups ``row_groups`` of ``path`` holding rows ``start..start+rows-1``."""
+
+    path: str
+    row_groups: tuple[int, ...]
+    start: int
+    rows: int
+
+
+def open_corpus(source: str | os.PathLike[str]) -> tuple[pafs.FileSystem, list[str]]:
+    """The filesystem and the sorted Parquet file paths of ``source`` (file, directory, glob or URI)."""
+    text = os.fspath(source)
+    if "://" in text:
+        try:
+            fs, root = pafs.FileSystem.from_uri(text)
+        except (pa.ArrowException, ValueError) as exc:
+            raise CorpusError(f"{text}: cannot open ({_first_line(exc)})") from None
+    else:
+        fs, root = pafs.LocalFileSystem(), str(Path(text).absolute())
+        if _glob.has_magic(text):
+            files = sorted(str(Path(p).absolute()) for p in _glob.glob(text, recursive=True) if Path(p).is_file())
+            if not files:
+                raise CorpusError(f"corpus pattern {text!r} matches no file")
+            return fs, files
+    info = fs.get_file_info(root)
+    if info.type == pafs.FileType.NotFound:
+        raise CorpusError(f"corpus {text}: no such file or directory")
+    if info.type == pafs.FileType.File:
+        return fs, [root]
+    try:
+        dataset = pads.dataset(root, filesystem=fs, format="parquet", partitioning="hive",
+                               exclude_invalid_files=False)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise CorpusError(f"corpus directory {text}: {_first_line(exc)}") from None
+    files = sorted(f for f in dataset.files if f.endswith(".parquet"))
+    if not files:
+        raise CorpusError(f"corpus directory {text} holds no *.parquet file")
+    return fs, files
+
+
+def plan_shards(
+    source: str | os.PathLike[str], id_column: str, text_column: str, shard_rows: int = DEFAULT_SHARD_ROWS
+) -> tuple[pafs.FileSystem, list[ShardSpec], str]:
+    """Cut the corpus into shards from the Parquet footers alone; returns (filesystem, shards, id kind).
+
+    Every file's columns are checked first (`CorpusError` naming the file and column).
+    """
+    if shard_rows < 1:
+        raise ValueError(f"shard_rows must be positive, got {shard_rows}")
+    fs, files = open_corpus(source)
+    fmt = pads.ParquetFileFormat()
+    shards: list[ShardSpec] = []
+    offset = 0
+    id_kind = None
+    for path in files:
+        try:
+            fragment = fmt.make_fragment(path, filesystem=fs)
+            metadata = fragment.metadata
+            schema = fragment.physical_schema
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise CorpusError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
+        kind = _check_columns(path, schema, id_column, text_column)
+        if id_kind is None:
+            id_kind = kind
+        elif kind != id_kind:
+            raise CorpusError(f"{path}: id column {id_column!r} holds {kind} ids but earlier files hold {id_kind} ids")
+        groups: list[int] = []
+        rows = 0
+        for g in range(metadata.num_row_groups):
+            groups.append(g)
+            rows += metadata.row_group(g).num_rows
+            if rows >= shard_rows:
+                shards.append(ShardSpec(path, tuple(groups), offset, rows))
+                offset += rows
+                groups, rows = [], 0
+        if groups and rows:
+            shards.append(ShardSpec(path, tuple(groups), offset, rows))
+            offset += rows
+    return fs, shards, id_kind or "str"
+
+
+def read_stage_columns(id_kind: str) -> pa.Schema:
+    """Schema of the read stage's shards."""
+    return pa.schema([("row", pa.int64()), ("id", pa.int64() if id_kind == "int" else pa.string()),
+                      ("text", pa.string()), ("length", pa.int64()), ("skip_reason", pa.string())])
+
+
+class ReadTask(ShardTask):
+    """Reads one `ShardSpec` per shard; see the module docstring."""
+
+    name = "read"
+
+    def __init__(self, source: str | os.PathLike[str], id_column: str = "id", text_column: str = "text",
+                 shard_rows: int = DEFAULT_SHARD_ROWS) -> None:
+        self.source, self.id_column, self.text_column = os.fspath(source), id_column, text_column
+        self.shard_rows = int(shard_rows)
+        self.filesystem, self.shards, self.id_kind = plan_shards(source, id_column, text_column, shard_rows)
+
+    def n_shards(self) -> int:
+        """One per planned shard."""
+        return len(self.shards)
+
+    def settings(self) -> dict[str, Any]:
+        """The shard plan and the columns (a changed corpus file changes its footer's row counts)."""
+        return {"columns": [self.id_column, self.text_column], "id_kind": self.id_kind,
+                "shards": [(s.path, list(s.row_groups), s.start, s.rows) for s in self.shards]}
+
+    def run(self, index: int) -> tuple[pa.Table, dict[str, Any]]:
+        """Rows of shard ``index`` with their row ids and skip reasons."""
+        spec = self.shards[index]
+        fmt = pads.ParquetFileFormat()
+        try:
+            fragment = fmt.make_fragment(spec.path, filesystem=self.filesystem, row_groups=list(spec.row_groups))
+            table = fragment.to_table(columns=[self.id_column, self.text_column])
+        except (pa.ArrowException, OSError, ValueError) as exc:
+            raise CorpusError(f"{spec.path}: cannot read rows {spec.start - self._file_start(index)}.. "
+                              f"({_first_line(exc)})") from None
+        if table.num_rows != spec.rows:
+            raise CorpusError(f"{spec.path}: holds {table.num_rows} rows in row groups {list(spec.row_groups)}, "
+                              f"its footer said {spec.rows} (the file changed during the run?)")
+        ids = table.column(self.id_column).to_pylist()
+        texts = table.column(self.text_column).to_pylist()
+        reasons: list[str | None] = []
+        clean: list[str | None] = []
+        for doc_id, text in zip(ids, texts):
+            reason = REASON_NULL_ID if doc_id is None else _text_problem(text)
+            if reason is None and isinstance(text, bytes):
+                text = text.decode("utf-8")
+            reasons.append(reason)
+            clean.append(text if reason is None else None)
+        lengths = [len(t) if t is not None else 0 for t in clean]
+        rows = np.arange(spec.start, spec.start + spec.rows, dtype=np.int64)
+        out = pa.table([pa.array(rows), pa.array(ids, read_stage_columns(self.id_kind).field("id").type),
+                        pa.array(clean, pa.string()), pa.array(lengths, pa.int64()), pa.array(reasons, pa.string())],
+                       schema=read_stage_columns(self.id_kind))
+        return out, {"start": spec.start, "stop": spec.start + spec.rows, "file": spec.path,
+                     "skipped": int(sum(r is not None for r in reasons))}
+
+    def _file_start(self, index: int) -> int:
+        path = self.shards[index].path
+        return min(s.start for s in self.shards if s.path == path)
+
+
+def check_unique_ids(read: StageInfo) -> None:
+    """Raise `CorpusError` naming a repeated id (and its two row ids) if the corpus has one."""
+    table = pads.dataset([str(p) for p in read.paths], format="parquet").to_table(
+        columns=["row", "id"], filter=pc.field("skip_reason").is_null())
+    if table.num_rows == 0:
+        return
+    if pc.count_distinct(table.column("id")).as_py() == table.num_rows:
+        return
+    counts = pc.value_counts(table.column("id"))
+    repeated = pc.filter(counts.field("values"), pc.greater(counts.field("counts"), 1))[0]
+    rows = pc.filter(table.column("row"), pc.equal(table.column("id"), repeated)).to_pylist()
+    raise CorpusError(f"duplicate id {repeated.as_py()!r}: corpus rows {rows[0]} and {rows[1]} (ids must be unique)")
