@@ -1,0 +1,100 @@
+"""The Ray engine gives the local engine's clusters and pairs, and Encoder.encode's bits (CPU).
+
+Skipped only when the ``ray`` extra is missing (``pip install 'reformer-retrieval[ray]'``); CI installs it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'reformer-retrieval[ray]'")
+pytest.importorskip("ray.data", reason="the ray extra is not installed: pip install 'reformer-retrieval[ray]'")
+
+from reformer_retrieval.encode import Encoder  # noqa: E402
+from reformer_retrieval.pipeline import dedup_pipeline  # noqa: E402
+from reformer_retrieval.ray_engine import RayEngine, dedup_dataset, encode_dataset  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("_pipeline_conftest", Path(__file__).parent / "pipeline" / "conftest.py")
+_helpers = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_helpers)
+SAMPLE, planted_texts, write_corpus = _helpers.SAMPLE, _helpers.planted_texts, _helpers.write_corpus
+
+pytestmark = pytest.mark.slow
+SHORT = {"max_tokens": 64}  # tiny-model encoding of short prefixes keeps the tests fast on 2 cores
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray_corpora")
+    ids, texts = planted_texts(20_000, seed=11)
+    big = write_corpus(root / "big.parquet", ids, texts, row_group_size=5_000)
+    ids, texts = planted_texts(1_500, seed=12)
+    small = write_corpus(root / "small.parquet", ids, texts, row_group_size=500)
+    return {"big": big, "small": small}
+
+
+def _same_outputs(a: Path, b: Path) -> None:
+    for name in ("clusters.parquet", "pairs.parquet"):
+        assert pq.read_table(a / name).equals(pq.read_table(b / name)), name
+
+
+def test_minhash_ray_equals_local(ray_cluster, corpora, tmp_path):
+    for name, source, kwargs in (("sample", SAMPLE, {}), ("big", corpora["big"], {"threshold": 0.5})):
+        local = dedup_pipeline(source, tmp_path / f"{name}-local", method="minhash", shard_rows=5_000, **kwargs)
+        remote = dedup_pipeline(source, tmp_path / f"{name}-ray", method="minhash", shard_rows=5_000,
+                                engine=RayEngine(), **kwargs)
+        _same_outputs(tmp_path / f"{name}-local", tmp_path / f"{name}-ray")
+        assert remote.summary["engine"] == "ray" and local.summary["engine"] == "local"
+        assert remote.summary["duplicate_clusters"] > 20
+    assert pq.read_table(tmp_path / "big-ray" / "clusters.parquet").num_rows == 20_000
+
+
+def test_embedding_and_hybrid_ray_equal_local(ray_cluster, corpora, tiny_dir, tmp_path):
+    common = {"threshold": 0.9995, "minhash_threshold": 0.5, "model": tiny_dir, "device": "cpu",
+              "encoder_options": SHORT, "shard_rows": 500}
+    for name, source in (("sample", SAMPLE), ("small", corpora["small"])):
+        for method, index in (("embedding", "flat"), ("embedding", "lsh"), ("hybrid", "flat")):
+            runs = {}
+            for engine in ("local", "ray"):  # one work dir per engine: each encodes the corpus once
+                runs[engine] = tmp_path / f"{name}-{method}-{index}-{engine}"
+                res = dedup_pipeline(source, runs[engine], method=method, index=index,
+                                     work_dir=tmp_path / f"work-{name}-{engine}",
+                                     engine=RayEngine() if engine == "ray" else None, **common)
+                assert res.summary["engine"] == engine and res.summary["duplicate_clusters"] > 0
+            _same_outputs(runs["local"], runs["ray"])
+        embed = [pq.read_table(tmp_path / f"work-{name}-{e}" / "embed" / "part-00000.parquet") for e in ("local", "ray")]
+        assert embed[0].equals(embed[1])  # the vectors themselves, bit for bit
+
+
+def test_encode_dataset_equals_encoder_bit_for_bit(ray_cluster, tiny_dir):
+    texts = [*pq.read_table(SAMPLE).column("text").to_pylist()[:40], ""]
+    ds = ray.data.from_items([{"id": i, "text": t} for i, t in enumerate(texts)], override_num_blocks=1)
+    out = encode_dataset(ds, model=tiny_dir, batch_size=16, concurrency=1, **SHORT).take_all()
+    assert [r["id"] for r in out] == list(range(len(texts)))
+    assert out[-1]["embedding"] is None and out[-1]["n_tokens"] == 0  # an empty text: no vector
+    got = np.stack([r["embedding"] for r in out[:-1]]).astype(np.float32)
+    encoder = Encoder.load(tiny_dir, device="cpu", **SHORT)
+    batches = [texts[s:s + 16] for s in range(0, len(texts), 16)]  # the rows of each Ray batch
+    want = np.concatenate([encoder.encode([t for t in b if t]) for b in batches])
+    assert np.array_equal(got, want)
+
+
+def test_dedup_dataset(ray_cluster, tmp_path):
+    ids, texts = planted_texts(600, seed=3)
+    ds = ray.data.from_items([{"doc": i, "body": t} for i, t in zip(ids, texts)], override_num_blocks=4)
+    res = dedup_dataset(ds, tmp_path / "o", method="minhash", threshold=0.5, id_column="doc", text_column="body")
+    assert sorted(res.ids) == ids and res.summary["engine"] == "ray"
+    with pytest.raises(ValueError, match="no column 'id'"):
+        dedup_dataset(ds, tmp_path / "o2")
