@@ -79,6 +79,7 @@ class CandidatesTask(ShardTask):
         self.bucket_cap = int(bucket_cap)
         self.embed_paths = [str(p) for p in embed_paths or []]
         self.flat_threshold = flat_threshold
+        self.stateful = flat_threshold is not None and bool(self.embed_paths)
         self._state_index: Any = None
 
     def n_shards(self) -> int:

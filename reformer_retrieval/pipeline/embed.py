@@ -32,6 +32,7 @@ class EmbedTask(ShardTask):
     """
 
     name = "embed"
+    stateful = True
 
     def __init__(self, read_dir: str | Path, n_shards: int, model: str | Path | None, device: str,
                  encoder_options: dict[str, Any] | None, model_id: str) -> None:

@@ -94,6 +94,8 @@ class ShardTask:
     name: str = "stage"
     #: Column whose values get one row group each (see `write_shard`), or None.
     row_group_key: str | None = None
+    #: True when `setup` loads costly state (an engine then keeps it in long-lived workers / actors).
+    stateful: bool = False
 
     def n_shards(self) -> int:
         """Number of shards (tasks)."""
