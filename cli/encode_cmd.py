@@ -46,6 +46,10 @@ reused, only the rest is encoded, and the output is the same as that of an unint
               help="Longer documents: cut at --max-tokens (flagged), or read whole as overlapping windows.")
 @click.option("--on-duplicate", type=click.Choice(["error", "keep_first"]), default="error", show_default=True,
               help="A repeated id: stop with an error, or keep the first row and list the others as skipped.")
+@click.option("--channels", type=click.Choice(["both", "contextual", "lexical"]), default="both", show_default=True,
+              help="Vectors of both channels, the contextual (Reformer) channel alone, or the lexical (hashed "
+                   "n-gram) channel alone (no Reformer pass; read over the whole document). The model id in "
+                   "EMB.parquet says which (e.g. 'aaa7ca85767a:lexical').")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run (from EMB.parquet.parts/).")
 @click.option("--part-docs", type=click.IntRange(min=1), default=4096, show_default=True,
               help="Documents per resumable part (a part also closes at about 1M tokens).")
@@ -64,6 +68,7 @@ def encode(
     max_tokens: int,
     long_docs: str,
     on_duplicate: str,
+    channels: str,
     resume: bool,
     part_docs: int,
     part_seconds: float,
@@ -85,6 +90,7 @@ def encode(
                 batch_tokens=batch_tokens,
                 max_tokens=max_tokens,
                 long_docs=long_docs,  # type: ignore[arg-type]
+                channels=channels,  # type: ignore[arg-type]
             )
             summary = encoder.encode_parquet(
                 corpus,

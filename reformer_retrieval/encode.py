@@ -51,10 +51,13 @@ from reformer_retrieval.corpus import (
     resolve_sources,
     write_skipped,
 )
+from reformer_retrieval.model.lexical import LexicalSketch
 from reformer_retrieval.tokenizer import ByteTokenizer
 
 __all__ = [
+    "CHANNELS",
     "DEFAULT_MODEL_DIR",
+    "Channels",
     "EncodeSummary",
     "Encoder",
     "default_skipped_path",
@@ -62,6 +65,7 @@ __all__ = [
     "plan_batches",
     "resolve_device",
     "resolve_dtype",
+    "split_model_id",
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,6 +92,20 @@ AUTO_PROGRESS_DOCS = 2_000
 AUTO_PROGRESS_TOKENS = 500_000
 """... or this many tokens (about 15 s on two CPU cores)."""
 LongDocs = Literal["truncate", "window"]
+Channels = Literal["both", "contextual", "lexical"]
+CHANNELS: tuple[str, ...] = ("both", "contextual", "lexical")
+"""Values of ``Encoder(channels=...)`` and ``encode --channels``."""
+
+
+def split_model_id(model_id: str | None) -> tuple[str | None, Channels]:
+    """``(model's own id, channels)`` of an embeddings ``model_id`` (`Encoder.model_id`: ``"abc123def456"`` is
+    both channels, ``"abc123def456:lexical"`` the lexical channel alone)."""
+    if not model_id:
+        return model_id, "both"
+    base, _, suffix = model_id.partition(":")
+    if suffix and suffix not in CHANNELS:
+        raise ValueError(f"model_id {model_id!r}: unknown channels {suffix!r} (expected one of {', '.join(CHANNELS)})")
+    return base, (suffix or "both")  # type: ignore[return-value]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -180,11 +198,16 @@ class _Prepared:
     seg_doc: list[int] = field(default_factory=list)
     n_tokens: list[int] = field(default_factory=list)
     truncated: list[bool] = field(default_factory=list)
+    whole: list[np.ndarray | None] = field(default_factory=list)
+    """Every token of each document, for the lexical channel (``None`` when the lexical channel is off)."""
     tokens: int = 0
 
-    def add(self, segments: Iterable[np.ndarray], n_tokens: int, truncated: bool) -> None:
+    def add(
+        self, segments: Iterable[np.ndarray], n_tokens: int, truncated: bool, whole: np.ndarray | None = None
+    ) -> None:
         """Append one document."""
         doc = len(self.n_tokens)
+        self.whole.append(whole)
         for seg in segments:
             self.segments.append(seg)
             self.seg_doc.append(doc)
@@ -312,6 +335,9 @@ class Encoder:
             model's ``max_len``.
         long_docs: ``"truncate"`` or ``"window"``.
         window_overlap: Tokens shared by consecutive windows (``window`` mode).
+        channels: Which channels of the model the vectors hold: ``"both"`` (the model's embedding),
+            ``"contextual"`` (the Reformer channel alone) or ``"lexical"`` (the hashed n-gram channel alone,
+            computed in numpy over the whole document, with no Reformer forward pass). Each alone is a unit vector.
     """
 
     def __init__(
@@ -324,7 +350,12 @@ class Encoder:
         max_tokens: int = 65_536,
         long_docs: LongDocs = "truncate",
         window_overlap: int | None = None,
+        channels: Channels = "both",
     ) -> None:
+        if channels not in CHANNELS:
+            raise ValueError(f"channels={channels!r}: must be one of {', '.join(CHANNELS)}")
+        if channels == "lexical" and getattr(model, "ngrams", None) is None:
+            raise ValueError("channels='lexical': this model has no lexical (hashed n-gram) channel")
         if long_docs not in ("truncate", "window"):
             raise ValueError(f"long_docs={long_docs!r}: must be 'truncate' or 'window'")
         if not isinstance(max_tokens, (int, np.integer)) or max_tokens <= 0:
@@ -351,6 +382,9 @@ class Encoder:
         self.window_overlap = overlap
         self.batch_tokens = int(batch_tokens or DEFAULT_BATCH_TOKENS.get(self.device.type, 65_536))
         self.pad_multiple = int(getattr(model, "pad_multiple", 1))
+        self.channels: Channels = channels
+        ngrams = getattr(self.model, "ngrams", None)
+        self._lexical = LexicalSketch.from_module(ngrams) if ngrams is not None and channels != "contextual" else None
 
     @classmethod
     def load(
@@ -362,6 +396,7 @@ class Encoder:
         max_tokens: int = 65_536,
         long_docs: LongDocs = "truncate",
         window_overlap: int | None = None,
+        channels: Channels = "both",
     ) -> Encoder:
         """Load a saved model directory (``None``: the bundled default model).
 
@@ -373,6 +408,7 @@ class Encoder:
             max_tokens: Longest document (or window) in tokens, capped at the model's ``max_len``.
             long_docs: ``"truncate"`` longer documents (flagged), or read them whole as ``"window"`` s.
             window_overlap: Overlap of consecutive windows in tokens (default ``max_tokens // 8``).
+            channels: ``"both"``, ``"contextual"`` or ``"lexical"`` (see the class).
 
         Raises:
             ModelDirectoryError: if the directory lacks ``config.json`` or ``model.safetensors``.
@@ -389,24 +425,39 @@ class Encoder:
             max_tokens=max_tokens,
             long_docs=long_docs,
             window_overlap=window_overlap,
+            channels=channels,
         )
 
     # ------------------------------------------------------------------ properties
     @property
     def model_id(self) -> str:
-        """Fingerprint of the model (12 hex characters), written into every embeddings file."""
+        """Fingerprint of what made the vectors, written into every embeddings file: the model's 12 hex
+        characters, followed by ``:contextual`` or ``:lexical`` when the vectors hold one channel alone (vectors of
+        different channels are never compared: indexes refuse a different ``model_id``)."""
+        return self._model_id if self.channels == "both" else f"{self._model_id}:{self.channels}"
+
+    @property
+    def base_model_id(self) -> str:
+        """The model's own fingerprint (12 hex characters), whatever the channels."""
         return self._model_id
 
     @property
     def dim(self) -> int:
         """Width of the embeddings."""
-        return int(self.model.config.embedding_dim)
+        config = self.model.config
+        if self.channels == "both" or not config.ngram_size:
+            return int(config.embedding_dim)
+        return int(config.context_dim if self.channels == "contextual" else config.ngram_dim)
+
+    @property
+    def _contextual_on(self) -> bool:
+        return self.channels != "lexical"
 
     def __repr__(self) -> str:
         return (
             f"Encoder(model_id={self.model_id!r}, dim={self.dim}, device={str(self.device)!r}, "
             f"dtype={str(self.dtype).removeprefix('torch.')}, max_tokens={self.max_tokens}, "
-            f"long_docs={self.long_docs!r}, batch_tokens={self.batch_tokens})"
+            f"long_docs={self.long_docs!r}, batch_tokens={self.batch_tokens}, channels={self.channels!r})"
         )
 
     # ------------------------------------------------------------------ texts
@@ -452,17 +503,27 @@ class Encoder:
             progress.close()
         return vectors, np.asarray(prepared.n_tokens, dtype=np.int32), np.asarray(prepared.truncated, dtype=bool)
 
-    def _tokenize(self, text: str) -> tuple[list[np.ndarray], int, bool]:
-        """Segments of one text (none if empty), tokens read, and whether it was truncated.
+    def _tokenize(self, text: str) -> tuple[list[np.ndarray], int, bool, np.ndarray | None]:
+        """Segments of one text for the contextual channel (none if empty), tokens read, whether it was
+        truncated, and every token of it for the lexical channel (``None`` when that channel is off).
 
-        Segments are stored as int16 (the byte vocabulary fits), a quarter of the memory of int64.
+        Token ids are stored as int16 (the byte vocabulary fits), a quarter of the memory of int64. The lexical
+        channel always reads the whole document; ``truncated`` is about the contextual channel.
         """
         compact = np.int16 if self.tokenizer.vocab_size <= np.iinfo(np.int16).max else np.int64
-        if self.long_docs == "truncate":
+        lexical = self._lexical is not None
+        if self.long_docs == "truncate" and not lexical:
             ids, total = self.tokenizer.encode(text, self.max_tokens)
-            return ([ids.astype(compact)] if len(ids) else []), len(ids), total > self.max_tokens
+            return ([ids.astype(compact)] if len(ids) else []), len(ids), total > self.max_tokens, None
         ids, total = self.tokenizer.encode(text, sys.maxsize)
-        return list(_windows(ids.astype(compact), self.max_tokens, self.window_overlap)), total, False
+        ids = ids.astype(compact)
+        whole = ids if lexical else None
+        if not self._contextual_on:
+            return [], total, False, whole
+        if self.long_docs == "truncate":
+            head = ids[: self.max_tokens]
+            return ([head] if len(head) else []), len(head), total > self.max_tokens, whole
+        return list(_windows(ids, self.max_tokens, self.window_overlap)), total, False, whole
 
     def _prepare(self, texts: Sequence[str]) -> _Prepared:
         prepared = _Prepared()
@@ -471,11 +532,37 @@ class Encoder:
         return prepared
 
     def _run(self, prepared: _Prepared, progress: _Progress) -> np.ndarray:
+        """The vectors of prepared documents: the contextual channel from the model, the lexical channel from
+        `LexicalSketch` over each whole document, joined with each channel's share of the cosine."""
         n = prepared.n_docs
-        out = np.zeros((n, self.dim), dtype=np.float32)
+        contextual = self._run_contextual(prepared, progress) if self._contextual_on else None
+        lexical = None
+        if self._lexical is not None:
+            lexical = np.zeros((n, self._lexical.dim), dtype=np.float32)
+            for doc, ids in enumerate(prepared.whole):
+                if ids is not None and len(ids):
+                    lexical[doc] = self._lexical.vector(ids)
+            if contextual is None:
+                progress.update(docs=n, tokens=int(sum(len(w) for w in prepared.whole if w is not None)))
+        if lexical is None:
+            return contextual  # type: ignore[return-value]
+        if contextual is None:
+            return lexical
+        share = float(self.model.config.ngram_weight)
+        return np.concatenate(
+            [contextual * np.float32(np.sqrt(1.0 - share)), lexical * np.float32(np.sqrt(share))], axis=1
+        )
+
+    def _run_contextual(self, prepared: _Prepared, progress: _Progress) -> np.ndarray:
+        """Contextual-channel unit vectors (n, context width); windows of a document are pooled by a
+        token-weighted mean, re-normalised."""
+        n = prepared.n_docs
+        config = self.model.config
+        width = int(config.context_dim if config.ngram_size else config.embedding_dim)
+        out = np.zeros((n, width), dtype=np.float32)
         seg_doc = np.asarray(prepared.seg_doc, dtype=np.int64)
         lengths = np.fromiter((len(s) for s in prepared.segments), dtype=np.int64, count=len(prepared.segments))
-        seg_vectors = np.zeros((len(prepared.segments), self.dim), dtype=np.float32)
+        seg_vectors = np.zeros((len(prepared.segments), width), dtype=np.float32)
         remaining = np.bincount(seg_doc, minlength=n)
         progress.update(docs=int((remaining == 0).sum()))  # empty texts: nothing to run
         # Batches are queued without waiting for results (on a GPU the host prepares the next batch while the
@@ -494,14 +581,13 @@ class Encoder:
         single = counts[seg_doc] == 1
         out[seg_doc[single]] = seg_vectors[single]  # one segment: its vector as is
         multi = ~single
-        if multi.any():  # windows: token-weighted mean of each channel, re-normalised to the channel's share
-            pooled = np.zeros((n, self.dim), dtype=np.float64)
+        if multi.any():  # windows: token-weighted mean, re-normalised
+            pooled = np.zeros((n, width), dtype=np.float64)
             np.add.at(pooled, seg_doc[multi], seg_vectors[multi].astype(np.float64) * lengths[multi, None])
             docs = np.unique(seg_doc[multi])
-            for columns, share in self.model.channels().values():
-                part = pooled[docs, columns]
-                norms = np.linalg.norm(part, axis=1, keepdims=True)
-                out[docs, columns] = (part / np.maximum(norms, 1e-12) * np.sqrt(share)).astype(np.float32)
+            part = pooled[docs]
+            norms = np.linalg.norm(part, axis=1, keepdims=True)
+            out[docs] = (part / np.maximum(norms, 1e-12)).astype(np.float32)
         return out
 
     def _launch(self, segments: list[np.ndarray]) -> torch.Tensor:
@@ -516,7 +602,7 @@ class Encoder:
             ids[~mask] = self.tokenizer.pad_token_id
         try:
             with torch.inference_mode():
-                emb = self.model(
+                emb = self.model.contextual(
                     torch.from_numpy(ids).to(self.device, non_blocking=True),
                     torch.from_numpy(mask).to(self.device, non_blocking=True),
                 )
@@ -832,10 +918,12 @@ class _PartWriter:
         self.skipped.extend(records)
         self.progress.update(docs=len(records))
 
-    def add(self, doc_id: Any, segments: list[np.ndarray], n_tokens: int, truncated: bool) -> None:
+    def add(
+        self, doc_id: Any, segments: list[np.ndarray], n_tokens: int, truncated: bool, whole: np.ndarray | None = None
+    ) -> None:
         """One tokenised document; a full chunk is encoded, and then the part closes if it is due."""
         self.chunk_ids.append(doc_id)
-        self.chunk.add(segments, n_tokens, truncated)
+        self.chunk.add(segments, n_tokens, truncated, whole)
         if self.chunk.n_docs >= self.part_docs or self.chunk.tokens >= self.chunk_tokens:
             self._encode_chunk()
             if (

@@ -74,9 +74,10 @@ class Searcher:
 
     def _encoder(self) -> Any:
         if self.encoder is None:
-            from reformer_retrieval.encode import Encoder
+            from reformer_retrieval.encode import Encoder, split_model_id
 
-            encoder = Encoder.load(self._model, device=self._device)
+            channels = split_model_id(self.index.model_id)[1]  # queries get the channels the index holds
+            encoder = Encoder.load(self._model, device=self._device, channels=channels)
             self._check_encoder(encoder)
             self.encoder = encoder
         return self.encoder

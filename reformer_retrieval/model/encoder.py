@@ -118,6 +118,29 @@ class ReformerEncoder(nn.Module):
                 f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(input_ids.shape)}"
             )
         mask = attention_mask.to(torch.bool)
+        emb, states = self._contextual(input_ids, mask, position_offsets)
+        if self.ngrams is not None:
+            share = self.config.ngram_weight
+            lexical = self.ngrams(input_ids, mask)
+            emb = torch.cat([emb * math.sqrt(1.0 - share), lexical * math.sqrt(share)], dim=-1)
+        if return_token_states:
+            return emb, states[:, :L0]
+        return emb
+
+    def contextual(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+        position_offsets: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The contextual (Reformer) channel alone: (batch, context_dim) float32 unit vectors, no lexical
+        channel computed (`Encoder` adds the lexical channel in numpy over the whole document)."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids, dtype=torch.bool)
+        return self._contextual(input_ids, attention_mask.to(torch.bool), position_offsets)[0]
+
+    def _contextual(
+        self, input_ids: torch.Tensor, mask: torch.Tensor, position_offsets: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        L0 = input_ids.shape[1]
         L = max(self.pad_multiple, -(-L0 // self.pad_multiple) * self.pad_multiple)
         if self.config.max_len < L:
             raise ValueError(f"padded length {L} exceeds config.max_len={self.config.max_len}")
@@ -133,24 +156,18 @@ class ReformerEncoder(nn.Module):
         counts = weights.sum(dim=1)
         pooled = (states.float() * weights).sum(dim=1) / counts.clamp(min=1.0)
         emb = self.projection(pooled.to(states.dtype)).float()
-        emb = F.normalize(emb, dim=-1) * (counts > 0).float()
-        if self.ngrams is not None:
-            share = self.config.ngram_weight
-            lexical = self.ngrams(input_ids, mask)
-            emb = torch.cat([emb * math.sqrt(1.0 - share), lexical * math.sqrt(share)], dim=-1)
-        if return_token_states:
-            return emb, states[:, :L0]
-        return emb
+        return F.normalize(emb, dim=-1) * (counts > 0).float(), states
 
     def channels(self) -> dict[str, tuple[slice, float]]:
         """Columns of each channel of the embedding and its share of the cosine: ``{"contextual": (slice, 1.0)}``,
-        plus ``"n-gram"`` when hashed n-grams are on (shares ``1 - ngram_weight`` and ``ngram_weight``)."""
+        plus ``"lexical"`` (the hashed n-gram bag) when hashed n-grams are on (shares ``1 - ngram_weight`` and
+        ``ngram_weight``)."""
         cfg = self.config
         if not cfg.ngram_size:
             return {"contextual": (slice(0, cfg.embedding_dim), 1.0)}
         return {
             "contextual": (slice(0, cfg.context_dim), 1.0 - cfg.ngram_weight),
-            "n-gram": (slice(cfg.context_dim, cfg.embedding_dim), cfg.ngram_weight),
+            "lexical": (slice(cfg.context_dim, cfg.embedding_dim), cfg.ngram_weight),
         }
 
     # ------------------------------------------------------------------ identity and persistence
