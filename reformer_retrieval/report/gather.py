@@ -55,7 +55,7 @@ class ReportOptions:
     near_pairs: int = 20
     near_band: float = 0.1
     near_sample: int = 2000
-    near_sample_jaccard: int = 5000
+    near_sample_jaccard: int = 2000
     chunk_clusters: int = 200
     max_diff_chars: int = 20_000
 
