@@ -19,6 +19,8 @@ Examples:
   reformer-retrieval dedup emb.parquet -o out/ --index hnsw --k 32          # from embeddings
   reformer-retrieval dedup emb.parquet -o out/ --method hybrid --corpus corpus.parquet
   reformer-retrieval dedup corpus.parquet -o out2/ --exclude-pairs marks.jsonl   # after `report` review
+  reformer-retrieval dedup shards/ -o out/ --method minhash --engine local      # staged, resumable
+  reformer-retrieval dedup s3://bucket/corpus/ -o out/ --engine ray --ray-address auto
 
 \b
 INPUT is a corpus (id + text columns; encoded with --model, the embeddings kept in
@@ -64,13 +66,23 @@ for --method hybrid; else the library default), Jaccard 0.2 on word 2-grams (cho
               metavar="MARKS", help="Marks file from `report` (JSON Lines or CSV): pairs marked not_duplicate "
               "stay in separate clusters.")
 @click.option("--resume", is_flag=True, help="Reuse OUT_DIR/embeddings.parquet (or its parts) from an earlier run.")
+@click.option("--engine", type=click.Choice(["memory", "local", "ray"]), default="memory", show_default=True,
+              help="memory: everything in this process, all pairs of each bucket; local: the staged pipeline "
+              "(Parquet stages under OUT_DIR/stages, star edges, resumes by rerunning); ray: the same stages on Ray.")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="Ray cluster to join with --engine ray (e.g. auto); default: a local Ray on this machine's cores.")
+@click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="GPUs per encoder actor with --engine ray.")
+@click.option("--bucket-cap", type=click.IntRange(min=2), default=10_000, show_default=True,
+              help="Staged engines: LSH buckets larger than this are reported in summary.json (never dropped).")
 @click.option("--show", type=click.IntRange(min=0), default=10, show_default=True,
               help="Clusters to print (0: none).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def dedup(input_path: str, output: Path, method: str, threshold: float | None, minhash_threshold: float | None,
           index_kind: str, k: int, keep: str, corpus: str | None, model: Path | None, device: str, id_column: str,
           text_column: str, num_perm: int, shingle: str, ngram: int, threads: int | None, exclude_pairs: Path | None,
-          resume: bool, show: int, quiet: bool) -> None:
+          resume: bool, engine: str, ray_address: str | None, gpus_per_actor: float, bucket_cap: int, show: int,
+          quiet: bool) -> None:
     """Find near-duplicate clusters in INPUT and write them to OUT_DIR."""
     from reformer_retrieval.cli.errors import reported_as_click_errors
     from reformer_retrieval.indexes import IndexInputError, set_threads
@@ -97,7 +109,13 @@ def dedup(input_path: str, output: Path, method: str, threshold: float | None, m
                 is_embeddings = True
             except CorpusError:
                 is_embeddings = False
-            if is_embeddings:
+            if engine != "memory":
+                if is_embeddings or corpus is not None or exclude_pairs is not None:
+                    raise click.UsageError(f"--engine {engine} takes a corpus INPUT (no --corpus, --exclude-pairs)")
+                result = _staged(input_path, output, engine, ray_address, gpus_per_actor, method=method, model=model,
+                                 device=device, id_column=id_column, text_column=text_column, bucket_cap=bucket_cap,
+                                 show_progress=not quiet, **options)
+            elif is_embeddings:
                 result = dedup_embeddings(input_path, output, corpus=corpus, id_column=id_column,
                                           text_column=text_column, method=method, model_dir=model,
                                           show_progress=not quiet, **options)
@@ -108,6 +126,10 @@ def dedup(input_path: str, output: Path, method: str, threshold: float | None, m
                                       text_column=text_column, device=device, resume=resume,
                                       show_progress=not quiet, **options)
     except KeyboardInterrupt:
+        if engine != "memory":
+            click.echo(f"interrupted; run the same command to resume from the finished stages in {output / 'stages'}",
+                       err=True)
+            sys.exit(130)
         click.echo("interrupted; run the same command with --resume to reuse the finished encoding parts", err=True)
         sys.exit(130)
     for line in result.summary_lines():
@@ -122,6 +144,22 @@ def dedup(input_path: str, output: Path, method: str, threshold: float | None, m
     click.echo(f"\nwrote {len(written)} file(s) in {output}:")
     for path in written:
         click.echo(f"  {path.name} ({path.stat().st_size:,} bytes)")
+
+
+def _staged(input_path: str, output: Path, engine: str, ray_address: str | None, gpus_per_actor: float,
+            **options: Any) -> Any:
+    """Run the staged pipeline with the local or the Ray engine (``k`` applies to the memory engine only)."""
+    from reformer_retrieval.pipeline import LocalEngine, dedup_pipeline
+
+    options.pop("k", None)
+    if engine == "ray":
+        from reformer_retrieval.ray_engine import RayEngine, require_ray
+
+        require_ray()
+        runner: Any = RayEngine(address=ray_address, gpus_per_actor=gpus_per_actor)
+    else:
+        runner = LocalEngine()
+    return dedup_pipeline(input_path, output, engine=runner, **options)
 
 
 def _file_states(directory: Path) -> dict[str, tuple[int, int, int]]:

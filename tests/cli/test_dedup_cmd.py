@@ -115,3 +115,32 @@ def test_bad_input_one_line_error(tmp_path):
     res = CliRunner().invoke(cli, ["dedup", str(bad), "-o", str(tmp_path / "o"), "--method", "minhash"])
     assert res.exit_code == 1 and "Error:" in res.output and "'id'" in res.output
     assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_dedup_staged_engines_match_memory(tmp_path, corpus, engine):
+    if engine == "ray":
+        pytest.importorskip("ray.data", reason="the ray extra is not installed: pip install 'reformer-retrieval[ray]'")
+    args = ["dedup", str(corpus), "--method", "minhash", "--threshold", "0.5", "-q"]
+    mem = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "mem")])
+    staged = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / engine), "--engine", engine])
+    assert mem.exit_code == 0 and staged.exit_code == 0, staged.output
+    assert "5 documents -> 3 clusters (1 with duplicates)" in staged.output
+    clusters = [pq.read_table(tmp_path / d / "clusters.parquet") for d in ("mem", engine)]
+    assert clusters[0].equals(clusters[1])
+    # star edges: the bucket {doc-0, doc-2, doc-3} gives 2 verified edges where memory verifies all 3 pairs
+    assert pq.read_table(tmp_path / engine / "pairs.parquet").num_rows == 2
+    summary = json.loads((tmp_path / engine / "summary.json").read_text())
+    assert summary["engine"] == engine and (tmp_path / engine / "stages" / "verify" / "_SUCCESS.json").is_file()
+    if engine == "ray":
+        import ray
+
+        ray.shutdown()
+
+
+def test_dedup_staged_engine_refuses_an_embeddings_input(tmp_path):
+    x = np.eye(3, dtype=np.float32)
+    emb = tmp_path / "e.parquet"
+    write_embeddings(emb, ["a", "b", "c"], x, np.ones(3), np.zeros(3, bool), "cccccccccccc")
+    res = CliRunner().invoke(cli, ["dedup", str(emb), "-o", str(tmp_path / "o"), "--engine", "local"])
+    assert res.exit_code == 2 and "takes a corpus INPUT" in res.output
