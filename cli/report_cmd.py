@@ -31,8 +31,8 @@ and "duplicate" / "not duplicate" marks exported as JSON Lines or CSV for
 @click.argument("out_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="HTML file to write [OUT_DIR/report.html].")
-@click.option("--corpus", type=click.Path(exists=True), default=None,
-              help="Corpus of the texts (Parquet file or directory) [the run's recorded corpus].")
+@click.option("--corpus", default=None,
+              help="Corpus of the texts (Parquet, JSON Lines or CSV; file, directory or glob) [the run's recorded corpus].")
 @click.option("--id-column", default=None, help="Id column of the corpus [the run's, else id].")
 @click.option("--text-column", default=None, help="Text column of the corpus [the run's, else text].")
 @click.option("--labels", default=None, metavar="COLUMN",

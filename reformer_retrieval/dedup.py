@@ -604,12 +604,20 @@ def dedup_embeddings(
         truncated=table.truncated, model_dir=model_dir, **kwargs,
     )
     result.summary["model_id"] = table.model_id
-    result.summary["corpus"] = None if corpus is None else {"path": str(Path(corpus).resolve()),
-                                                            "id_column": id_column, "text_column": text_column}
+    result.summary["corpus"] = None if corpus is None else _corpus_record(corpus, id_column, text_column)
     result.summary["seconds"]["read"] = round(read_s, 3)
     if out_dir is not None:
         result.write(out_dir)
     return result
+
+
+def _corpus_record(corpus: Any, id_column: str, text_column: str) -> dict[str, Any]:
+    """summary.json's record of the corpus (a local path made absolute; a glob, URI or list kept as given)."""
+    if isinstance(corpus, (str, Path)):
+        path: Any = str(Path(corpus).resolve()) if Path(corpus).exists() else str(corpus)
+    else:
+        path = [str(c) for c in corpus]
+    return {"path": path, "id_column": id_column, "text_column": text_column}
 
 
 def _texts_for(corpus: str | Path, ids: Sequence[Any], id_column: str, text_column: str) -> list[str]:
@@ -693,7 +701,7 @@ def dedup_corpus(
         show_progress=show_progress, **kwargs,
     )
     result.summary["model_id"] = model_id
-    result.summary["corpus"] = {"path": str(Path(corpus).resolve()), "id_column": id_column, "text_column": text_column}
+    result.summary["corpus"] = _corpus_record(corpus, id_column, text_column)
     result.summary["skipped_rows"] = len(report)
     for key, value in seconds.items():
         result.summary["seconds"][key] = round(value, 3)

@@ -143,13 +143,18 @@ def _vectors(run: DedupRun) -> np.ndarray | None:
     return np.ascontiguousarray(table.vectors[rows], dtype=np.float32)
 
 
-def _corpus_source(run: DedupRun, corpus: str | Path | None, id_column: str | None,
-                   text_column: str | None) -> tuple[str | None, str, str]:
+def _corpus_source(run: DedupRun, corpus: Any, id_column: str | None,
+                   text_column: str | None) -> tuple[Any, str, str]:
     recorded = run.summary.get("corpus") if isinstance(run.summary.get("corpus"), dict) else {}
-    path = str(corpus) if corpus is not None else recorded.get("path")
-    if corpus is None and path is not None and not Path(path).exists():
-        logger.warning("the run's corpus %s is gone; pass --corpus to show texts", path)
-        path = None
+    path = corpus if corpus is not None else recorded.get("path")
+    if corpus is None and path is not None:
+        from reformer_retrieval.corpus_formats import CorpusError, resolve_sources
+
+        try:
+            resolve_sources(path)
+        except CorpusError:
+            logger.warning("the run's corpus %s is gone; pass --corpus to show texts", path)
+            path = None
     return path, id_column or recorded.get("id_column", "id"), text_column or recorded.get("text_column", "text")
 
 
@@ -208,7 +213,8 @@ def gather_report(
 
     Args:
         out_dir: The run's output directory.
-        corpus: Corpus of the texts (default: the one the run recorded in summary.json, if still there).
+        corpus: Corpus of the texts, anything a corpus argument takes (default: the one the run recorded
+            in summary.json, if still there).
         id_column, text_column: Its columns (default: the recorded ones, else ``id`` / ``text``).
         labels: A ground-truth cluster column of the corpus: adds the precision-recall curve.
         options: `ReportOptions`.
@@ -283,7 +289,7 @@ def gather_report(
     if labels is not None:
         label_of = {d: v for d, v in values[labels].items() if v is not None}
         pr = _pr_curve(run, label_of, near, position)
-    return ReportData(summary=run.summary, out_dir=str(run.out_dir), corpus=path, texts_available=bool(texts),
+    return ReportData(summary=run.summary, out_dir=str(run.out_dir), corpus=None if path is None else str(path), texts_available=bool(texts),
                       duplicate_clusters=n_dup, clusters=clusters, histograms=histograms, near=near_lists, pr=pr,
                       notes=notes)
 

@@ -93,32 +93,28 @@ def load_run(out_dir: str | Path) -> DedupRun:
 
 
 def load_corpus_columns(
-    corpus: str | Path, ids: set[Any], id_column: str, columns: list[str]
+    corpus: Any, ids: set[Any], id_column: str, columns: list[str]
 ) -> dict[str, dict[Any, Any]]:
     """``{column: {id: value}}`` for the documents of ``ids`` (ids of the corpus not in ``ids`` skipped).
 
-    Read with `pyarrow.dataset` one batch at a time, so only the wanted rows are held. Raises
-    ``ValueError`` naming the corpus and a missing column.
+    ``corpus`` is anything a corpus argument takes (Parquet, JSON Lines or CSV; a file, a directory, a
+    glob, a ``file://`` URI or a list: `reformer_retrieval.corpus_formats.resolve_sources`), read one
+    batch at a time so only the wanted rows are held. Raises `CorpusError` naming the file and a
+    missing column.
     """
-    import pyarrow.dataset as ds
+    from reformer_retrieval.corpus_formats import resolve_sources, scan_file
 
-    try:
-        dataset = ds.dataset(str(corpus), format="parquet")
-    except (pa.ArrowException, OSError, FileNotFoundError) as exc:
-        raise ValueError(f"{corpus}: cannot read the corpus ({str(exc).strip().splitlines()[0]})") from None
-    names = dataset.schema.names
-    for col in (id_column, *columns):
-        if col not in names:
-            raise ValueError(f"{corpus}: no column {col!r} (has {', '.join(names)})")
+    names = {"id": id_column, **{f"c{j}": col for j, col in enumerate(columns)}}
     out: dict[str, dict[Any, Any]] = {c: {} for c in columns}
-    for batch in dataset.to_batches(columns=[id_column, *columns]):
-        got = batch.column(0).to_pylist()
-        keep = [i for i, d in enumerate(got) if d in ids]
-        if not keep:
-            continue
-        for j, col in enumerate(columns, start=1):
-            values = batch.column(j).to_pylist()
-            target = out[col]
-            for i in keep:
-                target.setdefault(got[i], values[i])
+    for path in resolve_sources(corpus):
+        for batch in scan_file(path, names, batch_size=4096):
+            got = batch.column(0).to_pylist()
+            keep = [i for i, d in enumerate(got) if d in ids]
+            if not keep:
+                continue
+            for j, col in enumerate(columns, start=1):
+                values = batch.column(j).to_pylist()
+                target = out[col]
+                for i in keep:
+                    target.setdefault(got[i], values[i])
     return out

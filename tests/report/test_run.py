@@ -33,3 +33,10 @@ def test_load_run_errors_name_the_file(tmp_path, review_run):
 def test_load_corpus_columns_keeps_only_wanted_ids(review_run):
     got = load_corpus_columns(review_run["corpus"], {"g0-0", "s1", "absent"}, "id", ["text", "cluster"])
     assert set(got["text"]) == {"g0-0", "s1"} and got["cluster"]["g0-0"] == "g0"
+
+
+def test_load_corpus_columns_reads_json_lines_through_a_glob(tmp_path):
+    rows = [{"id": 1, "meta": {"body": "first text"}}, {"id": 2, "meta": {"body": "second text"}}]
+    (tmp_path / "part-0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    got = load_corpus_columns(str(tmp_path / "*.jsonl"), {2}, "id", ["meta.body"])
+    assert got == {"meta.body": {2: "second text"}}
