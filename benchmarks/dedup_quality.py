@@ -56,18 +56,30 @@ def _grid(spec: str) -> list[float]:
 
 
 def load(path: str, id_column: str, text_column: str, label_column: str, noise: str | None, strength: float,
-         seed: int, limit: int | None) -> tuple[list[Any], list[str], list[Any]]:
-    """Ids, texts (noised if asked) and labels of the labelled file."""
+         seed: int, limit: int | None, max_clusters: int = 0,
+         subset_seed: int = 0) -> tuple[list[Any], list[str], list[Any]]:
+    """Ids, texts (noised if asked) and labels of the labelled file.
+
+    ``max_clusters`` takes a seeded subset of whole clusters, the same one as ``model_quality.py
+    --max-clusters N --seed subset_seed``; each text is noised with the seed ``(seed, its row in the file)``,
+    as model_quality.py does, so both benchmarks score (and cache) the same texts.
+    """
     table = pq.read_table(path, columns=[id_column, text_column, label_column])
     ids = table.column(id_column).to_pylist()
     texts = table.column(text_column).to_pylist()
     labels = table.column(label_column).to_pylist()
+    rows = list(range(len(ids)))
+    if max_clusters:
+        clusters = np.asarray([str(c) for c in labels])
+        chosen = np.random.default_rng(subset_seed).permutation(np.unique(clusters))[:max_clusters]
+        rows = np.flatnonzero(np.isin(clusters, chosen)).tolist()
     if limit:
-        ids, texts, labels = ids[:limit], texts[:limit], labels[:limit]
+        rows = rows[:limit]
+    ids, texts, labels = [ids[r] for r in rows], [texts[r] for r in rows], [labels[r] for r in rows]
     if noise:
         from reformer_retrieval.train.augment import augment
 
-        texts = [augment(t, strength=strength, seed=(seed, i), preset=noise) for i, t in enumerate(texts)]
+        texts = [augment(t, strength=strength, seed=(seed, r), preset=noise) for r, t in zip(rows, texts)]
     return ids, texts, labels
 
 
@@ -194,6 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--noise-strength", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--limit", type=int, default=None, help="first N rows only (smoke runs)")
+    p.add_argument("--max-clusters", type=int, default=0,
+                   help="seeded subset of whole clusters, the same as model_quality.py's (0 = all)")
+    p.add_argument("--subset-seed", type=int, default=0, help="seed of the cluster subset (model_quality's --seed)")
     p.add_argument("--jaccard-grid", default="0.05:0.9:0.05", help="START:STOP:STEP of Jaccard thresholds")
     p.add_argument("--cosine-grid", default="0.2:0.99:0.01,0.99:0.9999:0.0003",
                    help="START:STOP:STEP[,...] of cosine thresholds (default: coarse, then fine above 0.99)")
@@ -243,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.noise and args.embeddings:
         p.error("--embeddings are of the clean texts; drop them with --noise")
     ids, texts, labels = load(args.labelled, args.id_column, args.text_column, args.label_column, args.noise,
-                              args.noise_strength, args.seed, args.limit)
+                              args.noise_strength, args.seed, args.limit, args.max_clusters, args.subset_seed)
     jgrid, cgrid = _grid(args.jaccard_grid), _grid(args.cosine_grid)
     print(f"{args.labelled}: {len(ids):,} documents, {len(set(labels)):,} clusters"
           + (f", noise={args.noise} strength={args.noise_strength}" if args.noise else ""), file=sys.stderr)

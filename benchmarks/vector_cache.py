@@ -3,7 +3,9 @@
 ``<folder>/<name>.npy`` holds one row per cached text; ``<folder>/<name>.json`` holds the settings the vectors
 were made with (a cache made with other settings is refused, not mixed), the blake2b-128 hash of every cached
 text in row order, and the characters encoded and seconds spent filling it (its own chars/s record). Both
-files are written atomically; no pickle.
+files are written atomically; no pickle. Rows are only ever appended. Several processes may share a cache:
+each write takes an exclusive lock (``<name>.lock``, ``fcntl.flock``), re-reads the files and appends its new
+rows to what is there, so no process drops another's rows; a read takes a shared lock.
 
 `encode_cached` wraps any ``texts -> vectors`` function with such a cache (the benchmarks use it for the
 model's vectors, so `model_quality.py` and `dedup_quality.py` on the same texts encode them once).
@@ -11,11 +13,12 @@ model's vectors, so `model_quality.py` and `dedup_quality.py` on the same texts 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,30 +34,50 @@ def text_hash(text: str) -> str:
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
 
+@contextlib.contextmanager
+def _locked(path: Path, exclusive: bool) -> Iterator[None]:
+    """Hold an advisory lock on ``path`` (created if missing); a no-op where ``fcntl`` is unavailable."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not Unix
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 class VectorCache:
     """Vectors of texts, keyed by text hash, stored as ``<folder>/<name>.npy`` + ``.json`` (see module doc)."""
 
     def __init__(self, folder: str | Path, name: str, settings: dict[str, Any]) -> None:
         self.npy = Path(folder).expanduser() / f"{name}.npy"
         self.meta_path = self.npy.with_suffix(".json")
+        self.lock_path = self.npy.with_suffix(".lock")
         self.settings = json.loads(json.dumps(settings))  # as it reads back from JSON
-        self.hashes: list[str] = []
-        self.vectors: np.ndarray | None = None
-        self.chars = 0
-        self.seconds = 0.0
-        if self.meta_path.is_file() and self.npy.is_file():
-            meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
-            if meta.get("settings") != self.settings:
-                raise ValueError(f"{self.meta_path}: settings {meta.get('settings')} are not {self.settings}")
-            vectors = np.load(self.npy, allow_pickle=False)
-            if vectors.ndim != 2 or vectors.shape[0] != len(meta["hashes"]):
-                raise ValueError(
-                    f"{self.npy}: shape {vectors.shape} does not match the {len(meta['hashes'])} hashes of "
-                    f"{self.meta_path.name}"
-                )
-            self.hashes, self.vectors = list(meta["hashes"]), vectors.astype(np.float32, copy=False)
-            self.chars, self.seconds = int(meta.get("chars_encoded", 0)), float(meta.get("encode_seconds", 0.0))
+        with _locked(self.lock_path, exclusive=False):
+            self.hashes, self.vectors, self.chars, self.seconds = self._read()
         self.row = {h: i for i, h in enumerate(self.hashes)}
+
+    def _read(self) -> tuple[list[str], np.ndarray | None, int, float]:
+        """Hashes, vectors, characters and seconds on disk (nothing when the files are not there yet)."""
+        if not (self.meta_path.is_file() and self.npy.is_file()):
+            return [], None, 0, 0.0
+        meta = json.loads(self.meta_path.read_text(encoding="utf-8"))
+        if meta.get("settings") != self.settings:
+            raise ValueError(f"{self.meta_path}: settings {meta.get('settings')} are not {self.settings}")
+        vectors = np.load(self.npy, allow_pickle=False)
+        if vectors.ndim != 2 or vectors.shape[0] != len(meta["hashes"]):
+            raise ValueError(
+                f"{self.npy}: shape {vectors.shape} does not match the {len(meta['hashes'])} hashes of "
+                f"{self.meta_path.name}"
+            )
+        return (list(meta["hashes"]), vectors.astype(np.float32, copy=False), int(meta.get("chars_encoded", 0)),
+                float(meta.get("encode_seconds", 0.0)))
 
     @property
     def chars_per_s(self) -> float | None:
@@ -67,26 +90,36 @@ class VectorCache:
         return None if i is None or self.vectors is None else self.vectors[i]
 
     def add(self, hashes: Sequence[str], vectors: np.ndarray, chars: int, seconds: float) -> None:
-        """Append rows not yet cached and rewrite both files atomically (npy first: a crash between the two
-        leaves a JSON naming fewer rows than the npy holds, which is refused on load rather than misread)."""
+        """Append the rows not yet cached, with the characters and seconds they took, to the files on disk.
+
+        Under the exclusive lock the files are read again and this object's rows that are not there (rows of
+        a write another process overwrote without the lock) and the new ones are appended; both files are
+        replaced atomically (npy first: a crash between the two leaves a JSON naming fewer rows than the npy
+        holds, which is refused on load rather than misread).
+        """
         from reformer_retrieval.atomic import atomic_path, atomic_write_text
 
-        fresh = [(h, v) for h, v in zip(hashes, vectors) if h not in self.row]
-        if not fresh:
-            return
-        for h, _ in fresh:
-            self.row[h] = len(self.hashes)
-            self.hashes.append(h)
-        new = np.stack([v for _, v in fresh]).astype(np.float32)
-        self.vectors = new if self.vectors is None else np.concatenate([self.vectors, new])
-        self.chars += int(chars)
-        self.seconds += float(seconds)
-        self.npy.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.npy, ".npy") as tmp, open(tmp, "wb") as fh:
-            np.save(fh, self.vectors, allow_pickle=False)
-        meta = {"settings": self.settings, "chars_encoded": self.chars, "encode_seconds": self.seconds,
-                "hashes": self.hashes}
-        atomic_write_text(self.meta_path, json.dumps(meta) + "\n")
+        mine = dict(zip(self.hashes, self.vectors)) if self.vectors is not None else {}
+        mine.update({h: v for h, v in zip(hashes, vectors) if h not in mine})
+        fresh = any(h not in self.row for h in hashes)
+        with _locked(self.lock_path, exclusive=True):
+            disk_hashes, disk_vectors, disk_chars, disk_seconds = self._read()
+            on_disk = set(disk_hashes)
+            extra = [h for h in mine if h not in on_disk]
+            if not extra and not fresh:
+                return
+            self.hashes = disk_hashes + extra
+            new = np.stack([mine[h] for h in extra]).astype(np.float32) if extra else None
+            parts = [v for v in (disk_vectors, new) if v is not None]
+            self.vectors = np.concatenate(parts) if len(parts) > 1 else parts[0]
+            self.chars, self.seconds = disk_chars + int(chars), disk_seconds + float(seconds)
+            self.npy.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(self.npy, ".npy") as tmp, open(tmp, "wb") as fh:
+                np.save(fh, self.vectors, allow_pickle=False)
+            meta = {"settings": self.settings, "chars_encoded": self.chars, "encode_seconds": self.seconds,
+                    "hashes": self.hashes}
+            atomic_write_text(self.meta_path, json.dumps(meta) + "\n")
+        self.row = {h: i for i, h in enumerate(self.hashes)}
 
 
 def encode_cached(

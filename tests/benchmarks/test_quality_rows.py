@@ -74,3 +74,17 @@ def test_model_quality_rows_have_chars_per_s(tmp_path: Path) -> None:
     for r in doc["rows"]:
         assert (r["chars_per_s"] or r["chars_per_s_at_least"]) > 0
     assert doc["meta"]["minilm"]["clean"]["n_chunks"] == 4  # 4 texts of 500-600 chars: one chunk each
+
+
+def test_dedup_subset_and_noise_match_model_quality(tmp_path: Path) -> None:
+    from reformer_retrieval.train import augment
+
+    texts = [f"document {i} of cluster {i % 5}, with some words to noise " * 5 for i in range(20)]
+    path = tmp_path / "labelled.parquet"
+    pq.write_table(pa.table({"id": [f"d{i}" for i in range(20)], "text": texts,
+                             "cluster": [f"c{i % 5}" for i in range(20)]}), path)
+    ids, noisy, labels = dedup_quality.load(str(path), "id", "text", "cluster", "ocr", 0.5, 2, None,
+                                            max_clusters=2, subset_seed=1)
+    picked = model_quality.load_labelled(path, 2, 0, 1)
+    assert ids == picked["ids"] and len(set(labels)) == 2 and len(ids) == 8
+    assert noisy == [augment(t, 0.5, seed=(2, int(r)), preset="ocr") for t, r in zip(picked["texts"], picked["rows"])]

@@ -65,3 +65,16 @@ def test_encode_cached_without_cache(tmp_path: Path) -> None:
     vectors, info = encode_cached(_fake(calls), ["a", "b"], None)
     assert vectors.shape == (2, 3) and info["n_encoded"] == 2 and not info["chars_per_s_from_cache"]
     assert not list(tmp_path.iterdir())
+
+
+def test_two_writers_keep_each_others_rows(tmp_path: Path) -> None:
+    a = VectorCache(tmp_path, "shared", {})
+    b = VectorCache(tmp_path, "shared", {})  # loaded before a writes, as a second process would be
+    a.add([text_hash("x")], np.ones((1, 3), np.float32), 1, 0.1)
+    b.add([text_hash("y")], np.full((1, 3), 2.0, np.float32), 1, 0.1)
+    a.add([text_hash("z")], np.full((1, 3), 3.0, np.float32), 1, 0.1)
+    disk = VectorCache(tmp_path, "shared", {})
+    assert disk.hashes == [text_hash("x"), text_hash("y"), text_hash("z")]
+    np.testing.assert_array_equal(disk.vectors[:, 0], [1.0, 2.0, 3.0])
+    assert disk.chars == 3 and abs(disk.seconds - 0.3) < 1e-9
+    np.testing.assert_array_equal(a.get(text_hash("y")), [2.0, 2.0, 2.0])  # a sees b's row after its write
