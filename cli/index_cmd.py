@@ -29,7 +29,8 @@ def _backend_params(kind: str, opts: dict[str, Any]) -> dict[str, Any]:
     names = {
         "hnsw": {"m": "m", "ef_construction": "ef_construction", "ef_search": "ef_search"},
         "ivfpq": {"nlist": "nlist", "pq_m": "m", "nbits": "nbits", "nprobe": "nprobe", "seed": "seed"},
-        "lsh": {"tables": "n_tables", "bits": "bits_per_table", "nflip": "nflip", "seed": "seed"},
+        "lsh": {"tables": "n_tables", "bits": "bits_per_table", "nflip": "nflip", "seed": "seed",
+                "threshold": "threshold"},
         "minhash": {"threshold": "threshold", "num_perm": "num_perm", "shingle": "shingle", "ngram": "ngram",
                     "seed": "seed"},
     }.get(kind, {})
@@ -69,7 +70,7 @@ Examples:
   reformer-retrieval index build emb.parquet -o idx/                     # exact (flat)
   reformer-retrieval index build emb.parquet -o idx/ --kind hnsw --m 32 --ef-search 128
   reformer-retrieval index build emb.parquet -o idx/ --kind ivfpq --nprobe 32
-  reformer-retrieval index build emb.parquet -o idx/ --kind lsh --tables 8 --bits 16 --nflip 1
+  reformer-retrieval index build emb.parquet -o idx/ --kind lsh --threshold 0.8   # tables/bits for recall 0.99
   reformer-retrieval index build corpus.parquet -o idx/ --kind minhash --threshold 0.2
 
 \b
@@ -92,11 +93,15 @@ is written atomically; an existing one is only replaced with --overwrite.
 @click.option("--pq-m", type=click.IntRange(min=1), default=None, help="PQ sub-quantisers, divides dim [dim/4].")
 @click.option("--nbits", type=click.IntRange(1, 8), default=None, help="Bits per PQ code [8].")
 @click.option("--nprobe", type=click.IntRange(min=1), default=None, help="IVF lists visited per query [16].")
-@click.option("--tables", type=click.IntRange(min=1), default=None, help="LSH hash tables [8].")
-@click.option("--bits", type=click.IntRange(1, 64), default=None, help="LSH bits per table [16].")
-@click.option("--nflip", type=click.IntRange(0, 3), default=None, help="LSH bit flips probed per table [1].")
+@click.option("--tables", type=click.IntRange(min=1), default=None,
+              help="LSH hash tables [from --threshold; else 8].")
+@click.option("--bits", type=click.IntRange(1, 64), default=None,
+              help="LSH bits per table [from --threshold; else 16].")
+@click.option("--nflip", type=click.IntRange(0, 3), default=None,
+              help="LSH bit flips probed per table [from --threshold; else 1].")
 @click.option("--threshold", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
-              help="MinHash: Jaccard threshold the banding is tuned for [0.2].")
+              help="MinHash: Jaccard threshold the banding is tuned for [0.2]. LSH: cosine to find pairs at with "
+                   "recall 0.99 (tables / bits derived, or refused if given and short of it).")
 @click.option("--num-perm", type=click.IntRange(min=1), default=None, help="MinHash: permutations [128].")
 @click.option("--shingle", type=click.Choice(["word", "char"]), default=None, help="MinHash: shingle unit [word].")
 @click.option("--ngram", type=click.IntRange(min=1), default=None, help="MinHash: shingle length [2].")
@@ -144,7 +149,8 @@ Examples:
 
 \b
 The new vectors must come from the index's model (same model_id and dim), and their ids must be
-new; the directory is rewritten atomically.
+new. MinHash and LSH indexes get one new shard file (existing files untouched, the manifest swapped
+atomically); the other kinds are rewritten atomically.
 """)
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.argument("input_path", metavar="INPUT")
@@ -173,12 +179,17 @@ def add(index_dir: Path, input_path: str, id_column: str, text_column: str, thre
 
 
 @index.command("info", epilog="""\b
-Example:
+Examples:
   reformer-retrieval index info idx/ [--json]
+  reformer-retrieval index info idx/ --verify      # read every file, compare its SHA-256
+
+\b
+Opening an index (search, add, info) checks that every file the manifest lists is there with its
+recorded size; only --verify reads the files to compare their checksums (same-size corruption).
 """)
 @click.argument("index_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
-@click.option("--verify/--no-verify", default=True, show_default=True, help="Check the files' SHA-256.")
+@click.option("--verify", is_flag=True, help="Read every file and check its SHA-256 (sizes are always checked).")
 def info(index_dir: Path, as_json: bool, verify: bool) -> None:
     """Describe INDEX_DIR: kind, size, model, parameters, files."""
     from reformer_retrieval.indexes import read_manifest
@@ -196,4 +207,4 @@ def info(index_dir: Path, as_json: bool, verify: bool) -> None:
     params = ", ".join(f"{k}={v}" for k, v in sorted(manifest.get("parameters", {}).items()))
     click.echo(f"parameters: {params or '-'}")
     click.echo(f"files: {', '.join(sorted(manifest['files']))} ({size / 2**20:,.1f} MiB)"
-               + ("; checksums verified" if verify else ""))
+               + ("; SHA-256 checksums verified" if verify else "; sizes checked (--verify: checksums)"))

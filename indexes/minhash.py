@@ -15,7 +15,9 @@
   (weighted false-positive + false-negative areas under ``P(s) = 1 - (1 - s**r)**b``), integrated
   exactly by Gauss-Legendre quadrature.
 * `MinHashIndex` buckets every band of every signature; `candidate_pairs` lists all pairs sharing a
-  bucket (for dedup), `range_search` / `search` answer text queries by estimated Jaccard.
+  bucket (for dedup), `range_search` / `search` answer text queries by estimated Jaccard. Signatures
+  are kept as shards (one per `add`, ``signatures-NNNNNN.npy``; `reformer_retrieval.indexes.shards`):
+  ``index add`` writes only the new shard, and band keys are computed on the first query.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 from reformer_retrieval.indexes.base import IdMap, IndexInputError, RangeResult, SearchResult
+from reformer_retrieval.indexes.shards import ShardedArray
 from tqdm.auto import tqdm
 
 __all__ = [
@@ -40,7 +43,8 @@ __all__ = [
     "word_codes",
 ]
 
-SIGNATURES_FILE = "signatures.npy"
+SIGNATURES_FILE = "signatures.npy"  # indexes written before shards
+SIGNATURE_PREFIX = "signatures"
 PERMUTATIONS_FILE = "minhash_perm.npy"
 EMPTY = np.uint32(0xFFFFFFFF)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -385,12 +389,39 @@ class MinHashIndex:
         self.hasher = MinHasher(num_perm, seed, Shingler(shingle, ngram, lowercase), permutations)
         self.model_id: str | None = None
         self.idmap = IdMap()
-        self.signatures = np.zeros((0, num_perm), dtype=np.uint32)
-        self._keys = np.zeros((0, self.bands), dtype=np.uint64)
-        self._live = np.zeros(0, dtype=bool)
+        self._signatures = ShardedArray(SIGNATURE_PREFIX, num_perm, np.uint32)
+        self._key_shards: list[np.ndarray] = []  # band keys of the first len(_key_shards) signature shards
+        self._keys_cache: np.ndarray | None = None
+        self._removed = np.zeros(0, dtype=np.int64)
+        self._live_cache: np.ndarray | None = None
         self._sorted: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     # ------------------------------------------------------------------ properties
+    @property
+    def signatures(self) -> np.ndarray:
+        """Every stored signature ``(rows, num_perm)`` uint32, removed rows included (shards joined on first use)."""
+        return self._signatures.array()
+
+    @property
+    def _keys(self) -> np.ndarray:
+        """Band keys ``(rows, bands)`` of every stored row, computed per shard on first use."""
+        shards = self._signatures.shard_arrays()
+        if len(self._key_shards) < len(shards) or self._keys_cache is None:
+            for shard in shards[len(self._key_shards):]:
+                self._key_shards.append(self.band_keys(np.asarray(shard)))
+            self._keys_cache = (np.concatenate(self._key_shards) if self._key_shards
+                                else np.zeros((0, self.bands), dtype=np.uint64))
+        return self._keys_cache
+
+    @property
+    def _live(self) -> np.ndarray:
+        """Rows that can be candidates: not removed, and not the signature of an empty text."""
+        if self._live_cache is None or len(self._live_cache) != len(self._signatures):
+            live = ~(self.signatures == EMPTY).all(axis=1)
+            live[self._removed] = False
+            self._live_cache = live
+        return self._live_cache
+
     @property
     def num_perm(self) -> int:
         """Signature length."""
@@ -461,15 +492,15 @@ class MinHashIndex:
         if len(ids) == 0:
             return
         self.idmap.append(list(ids), checked=checked)
-        self.signatures = np.concatenate([self.signatures, signatures])
-        self._keys = np.concatenate([self._keys, self.band_keys(signatures)])
-        self._live = np.concatenate([self._live, ~(signatures == EMPTY).all(axis=1)])
+        self._signatures.append(signatures)
+        self._keys_cache = self._live_cache = None
         self._sorted = None
 
     def remove(self, ids: Sequence[Any]) -> int:
         """Remove ``ids``; returns how many were removed."""
         rows = self.idmap.remove(list(ids))
-        self._live[rows] = False
+        self._removed = np.union1d(self._removed, rows)
+        self._live_cache = None
         self._sorted = None
         return len(rows)
 
@@ -575,9 +606,16 @@ class MinHashIndex:
         return index
 
     def _write(self, directory: Path) -> list[str]:
-        np.save(directory / SIGNATURES_FILE, self.signatures, allow_pickle=False)
         np.save(directory / PERMUTATIONS_FILE, self.hasher.permutations, allow_pickle=False)
-        return [SIGNATURES_FILE, PERMUTATIONS_FILE]
+        return [PERMUTATIONS_FILE, *self._signatures.write_all(directory)]
+
+    def _write_append(self, directory: Path) -> tuple[list[str], list[str]]:
+        """Write only the signature shards added since loading (or the last save) (see `store`)."""
+        names, new = self._signatures.write_new(directory)
+        return [PERMUTATIONS_FILE, *names], new
+
+    def _forget_shard_names(self) -> None:
+        self._signatures.forget_names()
 
     @classmethod
     def _read(cls, directory: Path, manifest: dict[str, Any]) -> MinHashIndex:
@@ -589,19 +627,22 @@ class MinHashIndex:
             weights=tuple(p["weights"]),
             permutations=np.load(directory / PERMUTATIONS_FILE, allow_pickle=False),
         )
-        sigs = np.load(directory / SIGNATURES_FILE, allow_pickle=False)
-        if sigs.ndim != 2 or sigs.shape[1] != index.num_perm:
-            raise IndexInputError(f"{SIGNATURES_FILE} has shape {sigs.shape}, expected (n, {index.num_perm})")
-        index.signatures = sigs.astype(np.uint32, copy=False)
-        index._keys = index.band_keys(index.signatures)
-        index._live = ~(index.signatures == EMPTY).all(axis=1)
+        files = list(manifest.get("files", {}))
+        names = ShardedArray.names_in(files, SIGNATURE_PREFIX)
+        if SIGNATURES_FILE in files:
+            names = [SIGNATURES_FILE, *names]
+        try:
+            index._signatures = ShardedArray.load(directory, names, SIGNATURE_PREFIX, index.num_perm, np.uint32)
+        except ValueError as exc:
+            raise IndexInputError(str(exc)) from exc
         return index
 
     def _after_load(self) -> None:
         live = self.idmap.live_mask()
-        if len(live) != len(self.signatures):
+        if len(live) != len(self._signatures):
             raise IndexInputError(
-                f"{SIGNATURES_FILE} holds {len(self.signatures)} rows but ids.parquet covers {len(live)}"
+                f"the signature files hold {len(self._signatures)} rows but ids.parquet covers {len(live)}"
             )
-        self._live &= live
+        self._removed = np.nonzero(~live)[0].astype(np.int64)
+        self._live_cache = None
 

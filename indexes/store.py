@@ -7,9 +7,20 @@ Replacing an existing index (``overwrite=True``, as `index add` does) renames th
 leaves either the old index or the new one under the target name, never a mixture; if it dies
 between the two renames, `open_index` says where the previous version is.
 
-The manifest records every file's size and SHA-256; a folder without a manifest, or whose files do
-not match it, is refused as incomplete. Opening an index with ``expect_model_id`` / ``expect_dim``
-that differ from the manifest's is refused with both values in the message.
+Appending (`MinHashIndex`, `BinaryLSHIndex`: backends that keep their rows as shards, see
+`reformer_retrieval.indexes.shards`): saving an index with ``overwrite=True`` into the directory it
+was opened from (or last saved to), whose manifest has not changed since, writes only the new shard
+files and a new ids file (``ids-XXXXXXXX.parquet``) beside the existing files, then replaces the
+manifest atomically and deletes the previous ids file. Readers only see files the manifest lists, so
+a killed writer leaves the previous index intact (plus at most an unlisted orphan file).
+
+The manifest records every file's size and SHA-256. Opening checks that every listed file exists
+with its recorded size (a truncated, partial or replaced file is refused) but reads no file to hash
+it: a multi-gigabyte index is not re-read per ``search``. ``read_manifest(verify=True)`` (CLI:
+``index info --verify``) compares the full SHA-256 of every file, which also catches same-size
+corruption. A folder without a manifest is refused as incomplete. Opening an index with
+``expect_model_id`` / ``expect_dim`` that differ from the manifest's is refused with both values in the
+message.
 """
 
 from __future__ import annotations
@@ -30,6 +41,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from reformer_retrieval.indexes.base import METRIC, IdMap, IndexInputError, VectorIndex
 
+from reformer_retrieval.atomic import atomic_path, atomic_write_text
+
 __all__ = [
     "FORMAT_VERSION",
     "IndexDirectoryError",
@@ -41,7 +54,8 @@ __all__ = [
     "save_index",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optional "ids_file" (appended indexes); shard files of lsh / minhash
+READABLE_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 IDS_FILE = "ids.parquet"
 VECTOR_KINDS = ("flat", "hnsw", "ivfpq", "lsh")
@@ -105,6 +119,11 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _file_entry(path: Path) -> dict[str, Any]:
+    """The manifest entry of a written file: its size and SHA-256."""
+    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+
+
 def _write_ids(idmap: IdMap, path: Path) -> None:
     rows, ids = idmap.to_arrays()
     id_type = pa.string() if idmap.id_type == "string" else pa.int64()
@@ -134,10 +153,9 @@ def save_index(index: Any, directory: str | Path, overwrite: bool = False) -> Pa
     """Write ``index`` (any backend) as an index directory, atomically; returns the directory.
 
     Refuses to replace an existing non-empty directory unless ``overwrite``; never replaces a
-    non-empty directory that is not an index directory.
+    non-empty directory that is not an index directory. With ``overwrite`` into the directory the index
+    was opened from (unchanged since), a backend with shards writes only what was added (module doc).
     """
-    from reformer_retrieval import __version__
-
     target = Path(directory)
     if target.exists():
         if not target.is_dir():
@@ -149,6 +167,13 @@ def save_index(index: Any, directory: str | Path, overwrite: bool = False) -> Pa
             raise IndexDirectoryError(f"index directory {target} exists; pass overwrite=True (CLI: --overwrite)")
     if index.idmap.id_type is None and index.count == 0:
         raise IndexInputError("refusing to save an empty index (add vectors first)")
+    if overwrite and _appendable(index, target):
+        try:
+            _append_save(index, target)
+        except BaseException:
+            _forget_saved(index)
+            raise
+        return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.parent / f".{target.name}.partial-{secrets.token_hex(4)}"
     tmp.mkdir()
@@ -161,22 +186,8 @@ def save_index(index: Any, directory: str | Path, overwrite: bool = False) -> Pa
             path = tmp / name
             with open(path, "rb+") as fh:
                 os.fsync(fh.fileno())
-            files[name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
-        manifest = {
-            "format_version": FORMAT_VERSION,
-            "kind": index.kind,
-            "metric": getattr(index, "metric", METRIC),
-            "dim": int(index.dim),
-            "count": int(index.count),
-            "next_row": int(index.idmap.next_row),
-            "id_type": index.idmap.id_type,
-            "model_id": index.model_id,
-            "parameters": index.parameters,
-            "files": files,
-            "library_version": __version__,
-            "faiss_version": faiss.__version__,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        }
+            files[name] = _file_entry(path)
+        manifest = _manifest(index, files, IDS_FILE)
         (tmp / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
         with open(tmp / MANIFEST_FILE, "rb+") as fh:
             os.fsync(fh.fileno())
@@ -191,12 +202,95 @@ def save_index(index: Any, directory: str | Path, overwrite: bool = False) -> Pa
         _fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        _forget_saved(index)
         raise
+    _remember_saved(index, target, files)
     return target
 
 
-def read_manifest(directory: str | Path, verify: bool = True) -> dict[str, Any]:
-    """The validated manifest of an index directory; ``verify`` also checks every file's SHA-256.
+def _manifest(index: Any, files: dict[str, Any], ids_file: str) -> dict[str, Any]:
+    from reformer_retrieval import __version__
+
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "kind": index.kind,
+        "metric": getattr(index, "metric", METRIC),
+        "dim": int(index.dim),
+        "count": int(index.count),
+        "next_row": int(index.idmap.next_row),
+        "id_type": index.idmap.id_type,
+        "model_id": index.model_id,
+        "parameters": index.parameters,
+        "files": files,
+        "library_version": __version__,
+        "faiss_version": faiss.__version__,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    if ids_file != IDS_FILE:
+        manifest["ids_file"] = ids_file
+    return manifest
+
+
+def _remember_saved(index: Any, directory: Path, files: dict[str, Any]) -> None:
+    """Note which directory (and which manifest file list) the index's saved shards belong to."""
+    index._saved_state = (str(directory.resolve()), json.dumps(files, sort_keys=True))
+
+
+def _forget_saved(index: Any) -> None:
+    """After a failed save: the next save writes everything."""
+    index._saved_state = None
+    forget = getattr(index, "_forget_shard_names", None)
+    if forget is not None:
+        forget()
+
+
+def _appendable(index: Any, target: Path) -> bool:
+    """Whether ``index`` can be saved into ``target`` by writing only its new shards.
+
+    True when the backend keeps shards and ``target``'s manifest lists exactly the files the index was
+    opened from or last saved with (nobody replaced the directory since).
+    """
+    state = getattr(index, "_saved_state", None)
+    if state is None or not hasattr(index, "_write_append"):
+        return False
+    try:
+        manifest = json.loads((target / MANIFEST_FILE).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    if manifest.get("kind") != index.kind or manifest.get("format_version") not in READABLE_VERSIONS:
+        return False
+    return state == (str(target.resolve()), json.dumps(manifest.get("files"), sort_keys=True))
+
+
+def _append_save(index: Any, target: Path) -> None:
+    """Write the new shards and ids beside the existing files, then swap the manifest (see the module doc)."""
+    old = json.loads((target / MANIFEST_FILE).read_text(encoding="utf-8"))
+    old_files: dict[str, Any] = old["files"]
+    names, new_names = index._write_append(target)
+    ids_file = f"ids-{secrets.token_hex(4)}.parquet"
+    with atomic_path(target / ids_file, suffix=".parquet") as tmp:
+        _write_ids(index.idmap, tmp)
+    files: dict[str, Any] = {}
+    for name in [*names, ids_file]:
+        if name in old_files and name not in new_names:
+            files[name] = old_files[name]
+        elif name in new_names or name == ids_file:
+            files[name] = _file_entry(target / name)
+        else:
+            raise IndexDirectoryError(f"{target}: {name} is neither an existing nor a new file of the index")
+    manifest = _manifest(index, files, ids_file)
+    _fsync_dir(target)
+    atomic_write_text(target / MANIFEST_FILE, json.dumps(manifest, indent=2, sort_keys=True))
+    _fsync_dir(target)
+    for name in old_files:
+        if name not in files:
+            (target / name).unlink(missing_ok=True)
+    _remember_saved(index, target, files)
+
+
+def read_manifest(directory: str | Path, verify: bool = False) -> dict[str, Any]:
+    """The validated manifest of an index directory: every listed file present with its recorded size;
+    ``verify`` also reads every file and compares its SHA-256 (CLI: ``index info --verify``).
 
     Raises `IndexDirectoryError` for a missing, incomplete (no manifest: an interrupted writer) or
     inconsistent directory.
@@ -223,8 +317,10 @@ def read_manifest(directory: str | Path, verify: bool = True) -> dict[str, Any]:
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise IndexDirectoryError(f"{path} is not valid JSON: {exc}") from exc
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
-        raise IndexDirectoryError(f"{path} has format_version {version!r}; this library reads {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise IndexDirectoryError(
+            f"{path} has format_version {version!r}; this library reads {', '.join(map(str, READABLE_VERSIONS))}"
+        )
     for key in ("kind", "dim", "count", "next_row", "files"):
         if key not in manifest:
             raise IndexDirectoryError(f"{path} lacks the key {key!r}")
@@ -266,7 +362,7 @@ def open_index(
     directory: str | Path,
     expect_model_id: str | None = None,
     expect_dim: int | None = None,
-    verify: bool = True,
+    verify: bool = False,
 ) -> Any:
     """Open an index directory of any kind (`VectorIndex` subclass or `MinHashIndex`).
 
@@ -274,7 +370,8 @@ def open_index(
         directory: The index directory.
         expect_model_id: Refuse the index unless it was built from this model (when both are known).
         expect_dim: Refuse the index unless it holds vectors of this width.
-        verify: Check every file's SHA-256 against the manifest (sizes are always checked).
+        verify: Also read every file and check its SHA-256 against the manifest (sizes are always checked;
+            off by default so that opening does not re-read the whole index).
     """
     directory = Path(directory)
     manifest = read_manifest(directory, verify=verify)
@@ -282,10 +379,11 @@ def open_index(
     cls = index_class(manifest["kind"])
     try:
         index = cls._read(directory, manifest)
-        index.idmap = _read_ids(directory / IDS_FILE, manifest)
+        index.idmap = _read_ids(directory / manifest.get("ids_file", IDS_FILE), manifest)
         index._after_load()
     except IndexInputError as exc:
         raise IndexDirectoryError(f"index directory {directory} is inconsistent: {exc}") from exc
     except RuntimeError as exc:  # FAISS read errors
         raise IndexDirectoryError(f"cannot read the index in {directory}: {exc}") from exc
+    _remember_saved(index, directory, manifest["files"])
     return index

@@ -273,6 +273,8 @@ def _embedding_candidates(
 ) -> tuple[np.ndarray, int]:
     """Candidate pairs from the embedding index, and the number of k-NN lists that were full."""
     n = len(vectors)
+    if index_kind == "lsh":  # tables / bits sized for recall 0.99 at the threshold (indexes/lsh_params.py)
+        index_params = {"threshold": threshold, "expected_count": max(n, 1), **index_params}
     index = build_index(index_kind, vectors, list(range(n)), **index_params)
     found, saturated = [], 0
     bar = tqdm(total=n, desc=f"search ({index_kind})", unit="doc", disable=not show_progress)

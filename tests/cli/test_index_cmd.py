@@ -59,7 +59,8 @@ def test_build_options_reach_the_backend(tmp_path):
     out = runner.invoke(cli, ["index", "build", str(emb), "-o", str(tmp_path / "l"), "--kind", "lsh", "--tables", "4",
                               "--bits", "8", "--nflip", "2", "--seed", "5"])
     assert out.exit_code == 0, out.output
-    assert open_index(tmp_path / "l").parameters == {"n_tables": 4, "bits_per_table": 8, "nflip": 2, "seed": 5}
+    assert open_index(tmp_path / "l").parameters == {"n_tables": 4, "bits_per_table": 8, "nflip": 2, "seed": 5,
+                                                     "threshold": None, "recall": 0.99}
 
 
 def test_add_from_another_model_is_refused(tmp_path):
@@ -99,6 +100,37 @@ def test_one_line_errors(tmp_path):
     out = runner.invoke(cli, ["index", "build", str(emb), "-o", str(tmp_path / "i2")])
     assert out.exit_code == 1 and "--overwrite" in out.output
     assert runner.invoke(cli, ["index", "build", str(emb), "-o", str(tmp_path / "i2"), "--overwrite"]).exit_code == 0
+
+
+def test_lsh_threshold_derives_or_refuses(tmp_path):
+    emb, _, _ = _emb(tmp_path / "e.parquet")
+    runner = CliRunner()
+    out = runner.invoke(cli, ["index", "build", str(emb), "-o", str(tmp_path / "l"), "--kind", "lsh",
+                              "--threshold", "0.41"])
+    assert out.exit_code == 0, out.output
+    index = open_index(tmp_path / "l")
+    assert index.parameters["threshold"] == 0.41 and index.recall_at(0.41) >= 0.99
+    # the old defaults find a pair at 0.41 with probability 0.055: refused, the recall named
+    out = runner.invoke(cli, ["index", "build", str(emb), "-o", str(tmp_path / "l2"), "--kind", "lsh",
+                              "--threshold", "0.41", "--tables", "8", "--bits", "16", "--nflip", "1"])
+    assert out.exit_code == 1 and "probability 0.055" in out.output and "Traceback" not in out.output
+    assert not (tmp_path / "l2").exists()
+
+
+def test_info_verify_reads_checksums(tmp_path):
+    emb, _, _ = _emb(tmp_path / "e.parquet")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["index", "build", str(emb), "-o", str(tmp_path / "i")]).exit_code == 0
+    out = runner.invoke(cli, ["index", "info", str(tmp_path / "i"), "--verify"])
+    assert out.exit_code == 0 and "SHA-256 checksums verified" in out.output
+    path = tmp_path / "i" / "index.faiss"
+    data = bytearray(path.read_bytes())
+    data[-9] ^= 0xFF  # same size, different bytes
+    path.write_bytes(bytes(data))
+    out = runner.invoke(cli, ["index", "info", str(tmp_path / "i")])
+    assert out.exit_code == 0 and "sizes checked" in out.output
+    out = runner.invoke(cli, ["index", "info", str(tmp_path / "i"), "--verify"])
+    assert out.exit_code == 1 and "does not match the SHA-256" in out.output and "Traceback" not in out.output
 
 
 def test_build_from_a_missing_file_says_it_does_not_exist(tmp_path):

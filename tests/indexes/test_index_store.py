@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -68,13 +69,42 @@ def test_file_not_matching_manifest_refused(tmp_path):
     data = bytearray((tmp_path / "c" / "index.faiss").read_bytes())
     data[-5] ^= 0xFF
     (tmp_path / "c" / "index.faiss").write_bytes(bytes(data))
+    read_manifest(tmp_path / "c")  # sizes match: opening does not hash
     with pytest.raises(IndexDirectoryError, match="SHA-256"):
-        open_index(tmp_path / "c")
+        read_manifest(tmp_path / "c", verify=True)
+    with pytest.raises(IndexDirectoryError, match="SHA-256"):
+        open_index(tmp_path / "c", verify=True)
     # a missing file
     build_index("flat", _vectors(), list(range(50))).save(tmp_path / "d")
     (tmp_path / "d" / "ids.parquet").unlink()
     with pytest.raises(IndexDirectoryError, match=r"ids\.parquet is missing"):
         open_index(tmp_path / "d")
+
+
+@pytest.mark.parametrize("kind", ["flat", "lsh", "minhash"])
+def test_open_checks_sizes_without_hashing(tmp_path, monkeypatch, kind):
+    """Opening (what every `search` does) reads no file to hash it; a resized file is still refused."""
+    if kind == "minhash":
+        from reformer_retrieval.indexes import MinHashIndex
+
+        index = MinHashIndex()
+        index.add([f"text number {i} about things" for i in range(30)], list(range(30)))
+    else:
+        index = build_index(kind, _vectors(), list(range(50)))
+    index.save(tmp_path / "i")
+
+    def no_hashing(path):
+        raise AssertionError(f"{path} was hashed while opening")
+
+    monkeypatch.setattr(store_module, "_sha256", no_hashing)
+    monkeypatch.setattr(store_module.hashlib, "sha256", no_hashing)
+    assert open_index(tmp_path / "i").count == index.count
+    biggest = max(read_manifest(tmp_path / "i")["files"], key=lambda n: (tmp_path / "i" / n).stat().st_size)
+    path = tmp_path / "i" / biggest
+    with open(path, "r+b") as fh:  # truncated by one byte
+        fh.truncate(path.stat().st_size - 1)
+    with pytest.raises(IndexDirectoryError, match=f"{biggest} has .* bytes but the manifest says"):
+        open_index(tmp_path / "i")
 
 
 def test_format_version_checked(tmp_path):
@@ -158,3 +188,96 @@ def test_killed_writer_never_leaves_a_valid_looking_partial_index(tmp_path, stag
         old = [p for p in leftovers if p.startswith(".i.old-")]
         assert open_index(tmp_path / old[0]).model_id == "old"
         assert open_index(tmp_path / partial[0]).model_id == "new"  # fully written, only not renamed in
+
+
+def _texts(start: int, stop: int) -> list[str]:
+    """Texts ``start:stop`` of one seeded list of 1,000 (near-duplicates: every fifth repeats the one before)."""
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(300)]
+    texts = [" ".join(rng.choice(words, 30)) for _ in range(1000)]
+    texts = [texts[i - 1] + " extra" if i % 5 == 4 else t for i, t in enumerate(texts)]
+    return texts[start:stop]
+
+
+def _build(kind: str, start: int, stop: int, index=None):
+    """A new index of rows ``start:stop`` (or those rows added to ``index``)."""
+    from reformer_retrieval.indexes import BinaryLSHIndex, MinHashIndex
+
+    if index is None:
+        index = MinHashIndex(threshold=0.3) if kind == "minhash" else BinaryLSHIndex(8, threshold=0.9, seed=3)
+    if kind == "minhash":
+        index.add(_texts(start, stop), [f"d{i}" for i in range(start, stop)])
+    else:
+        index.add(_vectors(1000, seed=7)[start:stop], [f"d{i}" for i in range(start, stop)])
+    return index
+
+
+def _stamp(directory):
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size) for p in directory.iterdir()}
+
+
+@pytest.mark.parametrize("kind", ["lsh", "minhash"])
+def test_add_writes_only_the_new_shard(tmp_path, kind):
+    """Repeated `index add` appends a shard: existing files untouched, results equal a single-add index."""
+    bounds = [0, 400, 550, 700, 1000]
+    _build(kind, 0, 400).save(tmp_path / "i")
+    for start, stop in itertools.pairwise(bounds[1:]):
+        before = _stamp(tmp_path / "i")
+        index = open_index(tmp_path / "i")
+        index.remove(["d3"]) if start == 550 else None  # a removal in between: ids only
+        _build(kind, start, stop, index).save(tmp_path / "i", overwrite=True)
+        after = _stamp(tmp_path / "i")
+        new = set(after) - set(before)
+        gone = set(before) - set(after)
+        shards = [n for n in new if n.endswith(".npy")]
+        assert len(shards) == 1 and len(new) == 2  # the shard and the ids file (the manifest is replaced)
+        assert all(n.startswith("ids") for n in gone) and len(gone) == 1
+        for name, stamp in before.items():
+            if name != "manifest.json" and name in after:
+                assert after[name] == stamp, f"{name} was rewritten"
+    manifest = read_manifest(tmp_path / "i", verify=True)
+    assert len([n for n in manifest["files"] if n.endswith(".npy")]) == 5  # 4 shards + rotation / permutations
+    assert sorted(os.listdir(tmp_path / "i")) == sorted([*manifest["files"], "manifest.json"])
+    appended = open_index(tmp_path / "i")
+    single = _build(kind, 0, 1000)
+    single.remove(["d3"])
+    assert appended.count == single.count == 999 and appended.ids == single.ids
+    if kind == "minhash":
+        np.testing.assert_array_equal(appended.signatures, single.signatures)
+        np.testing.assert_array_equal(appended.candidate_pairs(), single.candidate_pairs())
+        queries = _texts(0, 40)
+        assert appended.range_search(queries).ids == single.range_search(queries).ids
+    else:
+        q = _vectors(1000, seed=7)[::25]
+        np.testing.assert_array_equal(appended.vectors, single.vectors)
+        a, b = appended.range_search(q, 0.9), single.range_search(q, 0.9)
+        assert a.ids == b.ids and np.array_equal(a.scores, b.scores)
+        assert appended.search(q, 5).ids == single.search(q, 5).ids
+
+
+def test_killed_append_leaves_the_previous_index(tmp_path, monkeypatch):
+    _build("lsh", 0, 300).save(tmp_path / "i")
+    index = open_index(tmp_path / "i")
+    _build("lsh", 300, 400, index)
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(store_module, "atomic_write_text", killed)  # dies before the manifest is replaced
+    with pytest.raises(KeyboardInterrupt):
+        index.save(tmp_path / "i", overwrite=True)
+    monkeypatch.undo()
+    assert open_index(tmp_path / "i", verify=True).count == 300  # orphan shard / ids file not listed
+    index.save(tmp_path / "i", overwrite=True)  # a retry after the failure writes everything again
+    assert open_index(tmp_path / "i", verify=True).count == 400
+
+
+def test_append_only_into_the_directory_it_was_opened_from(tmp_path):
+    _build("minhash", 0, 100).save(tmp_path / "a")
+    index = open_index(tmp_path / "a")
+    _build("minhash", 100, 150, index).save(tmp_path / "b")  # elsewhere: a full, standalone copy
+    assert open_index(tmp_path / "b", verify=True).count == 150
+    _build("minhash", 0, 20).save(tmp_path / "a", overwrite=True)  # `a` replaced behind the loaded index
+    _build("minhash", 150, 160, index).save(tmp_path / "a", overwrite=True)
+    back = open_index(tmp_path / "a", verify=True)
+    assert back.count == 160 and back.ids == index.ids

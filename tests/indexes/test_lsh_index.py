@@ -85,6 +85,55 @@ def test_rotation_is_seeded_and_saved(tmp_path):
     assert back.search(x[:5], 2).ids == one.search(x[:5], 2).ids
 
 
+@pytest.mark.parametrize("nflip", [0, 2])
+def test_candidate_rate_matches_the_multiprobe_formula(nflip):
+    """FAISS probes the whole Hamming ball of radius nflip: the rate is the binomial sum up to nflip."""
+    dim = 64
+    a, b = _pairs_at_cosine(800, dim, 0.7, seed=11 + nflip)
+    index = BinaryLSHIndex(dim, n_tables=2, bits_per_table=12, nflip=nflip, seed=4)
+    index.add(b, list(range(len(b))))
+    lims, rows = index.candidates(a)
+    found = np.mean([i in rows[lims[i]:lims[i + 1]] for i in range(len(a))])
+    expected = collision_probability(0.7, 2, 12, nflip)
+    assert abs(found - expected) < 0.06, (found, expected)
+
+
+def test_threshold_derives_settings_with_empirical_recall():
+    """Built for the default dedup cosine 0.41, the index finds >= 97% of pairs at exactly 0.41 (seeded)."""
+    dim = 64
+    a, b = _pairs_at_cosine(400, dim, 0.41, seed=21)
+    index = BinaryLSHIndex(dim, threshold=0.41, seed=2)
+    assert index.recall_at(0.41) >= 0.99 and index.n_tables <= 64
+    index.add(b, list(range(len(b))))
+    lims, rows = index.candidates(a)
+    found = np.mean([i in rows[lims[i]:lims[i + 1]] for i in range(len(a))])
+    assert found >= 0.97, found
+    # through the public range search, a hair below the threshold (float32 rounding of the pair)
+    res = index.range_search(a, 0.4099)
+    assert np.mean([i in res.ids[i] for i in range(len(a))]) >= 0.97
+    # the old default settings reach about 0.06 on the same pairs
+    old = BinaryLSHIndex(dim, n_tables=8, bits_per_table=16, nflip=1, seed=2)
+    old.add(b, list(range(len(b))))
+    lims, rows = old.candidates(a)
+    assert np.mean([i in rows[lims[i]:lims[i + 1]] for i in range(len(a))]) < 0.15
+
+
+def test_short_settings_refused_naming_their_recall():
+    with pytest.raises(IndexInputError, match=r"probability 0\.055, below the recall target 0\.99"):
+        BinaryLSHIndex(32, n_tables=8, bits_per_table=16, nflip=1, threshold=0.41)
+    # the legacy defaults without a threshold: a range search below what they serve is refused
+    index = BinaryLSHIndex(32, seed=0)
+    x = np.random.default_rng(0).standard_normal((20, 32)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index.add(x, list(range(20)))
+    with pytest.raises(IndexInputError, match=r"cosine 0\.41 with probability 0\.055.*from cosine 0\.936"):
+        index.range_search(x[:2], 0.41)
+    assert index.range_search(x[:2], 0.95).ids == [[0], [1]]
+    # given bits with a threshold: the tables needed are filled in
+    fitted = BinaryLSHIndex(32, bits_per_table=16, nflip=1, threshold=0.8)
+    assert fitted.recall_at(0.8) >= 0.99
+
+
 def test_bad_parameters_refused():
     with pytest.raises(IndexInputError, match="multiple of 8"):
         BinaryLSHIndex(16, n_tables=3, bits_per_table=5)
