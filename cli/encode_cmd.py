@@ -16,6 +16,7 @@ Examples:
   reformer-retrieval encode 'shards/*.parquet' -o emb.parquet --model my_model/ --device cuda
   reformer-retrieval encode corpus/ -o emb.parquet --long-docs window --resume
   reformer-retrieval encode 'dolma/*.jsonl.gz' -o emb.parquet --text-column text --id-column metadata.id
+  reformer-retrieval encode s3://bucket/corpus/ -o emb.parquet --engine ray --ray-address auto --gpus-per-actor 1
 
 \b
 CORPUS is a Parquet, JSON Lines (.jsonl, .ndjson, .json; also .gz/.zst/.bz2) or CSV (.csv, .tsv; also
@@ -55,6 +56,13 @@ reused, only the rest is encoded, and the output is the same as that of an unint
               help="Documents per resumable part (a part also closes at about 1M tokens).")
 @click.option("--part-seconds", type=click.FloatRange(min=0), default=60.0, show_default=True,
               help="Save a resumable part at least this often (seconds of work; a kill loses about this much).")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process (resumable parts); ray: encoder actors on Ray Data (Parquet corpora).")
+@click.option("--ray-address", default=None, metavar="ADDR",
+              help="Ray cluster to join with --engine ray (e.g. auto); default: a local Ray on this machine's cores.")
+@click.option("--actors", type=click.IntRange(min=1), default=None, help="Encoder actors with --engine ray [CPUs].")
+@click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="GPUs per encoder actor with --engine ray.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 def encode(
     corpus: str,
@@ -72,6 +80,10 @@ def encode(
     resume: bool,
     part_docs: int,
     part_seconds: float,
+    engine: str,
+    ray_address: str | None,
+    actors: int | None,
+    gpus_per_actor: float,
     quiet: bool,
 ) -> None:
     """Embed every document of CORPUS (Parquet, JSON Lines or CSV) into EMB.parquet (one unit vector per id)."""
@@ -82,7 +94,17 @@ def encode(
     from reformer_retrieval.encode import Encoder, parts_dir_for
 
     try:
-        with reported_as_click_errors(CorpusError, ModelDirectoryError, ValueError, TypeError, OSError):
+        with reported_as_click_errors(CorpusError, ModelDirectoryError, ValueError, TypeError, OSError, RuntimeError):
+            if engine == "ray":
+                from reformer_retrieval.ray_engine import encode_corpus
+
+                for line in encode_corpus(
+                    corpus, output, model, id_column, text_column, device=device, address=ray_address, actors=actors,
+                    gpus_per_actor=gpus_per_actor, on_duplicate=on_duplicate, dtype=dtype, batch_tokens=batch_tokens,
+                    max_tokens=max_tokens, long_docs=long_docs, channels=channels,
+                ):
+                    click.echo(line)
+                return
             encoder = Encoder.load(
                 model,
                 device=device,

@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from reformer_retrieval.pipeline.runner import ShardTask
 
-__all__ = ["RayEngine", "dedup_dataset", "encode_dataset", "init_ray", "require_ray"]
+__all__ = ["RayEngine", "dedup_dataset", "encode_corpus", "encode_dataset", "init_ray", "require_ray"]
 
 
 def require_ray() -> Any:
@@ -234,3 +234,97 @@ def dedup_dataset(
         (source / "_SUCCESS").write_text("")
     return dedup_pipeline(source, out, method=method, engine=engine or RayEngine(), id_column=id_column,
                           text_column=text_column, **kwargs)
+
+
+def encode_corpus(
+    corpus: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    model: str | os.PathLike[str] | None = None,
+    id_column: str = "id",
+    text_column: str = "text",
+    device: str = "cpu",
+    address: str | None = None,
+    actors: int | None = None,
+    gpus_per_actor: float = 0.0,
+    on_duplicate: str = "error",
+    batch_size: int = 256,
+    **encoder_options: Any,
+) -> list[str]:
+    """Encode a Parquet corpus on Ray into an embeddings file (the format of `Encoder.encode_parquet`).
+
+    ``ray.data.read_parquet`` -> `encode_dataset` -> rows streamed back in corpus order to an
+    `EmbeddingWriter` on the driver (written atomically). Rows with a null id or an unusable text go to
+    ``<output stem>.skipped.parquet`` (``file`` is the corpus argument, ``row`` the row's position in the
+    corpus); a repeated id raises (``on_duplicate="error"``) or is skipped (``"keep_first"``). Vectors equal
+    ``Encoder.encode`` of the same batches bit for bit; against `Encoder.encode_parquet`, whose batches
+    differ, they agree to float32 rounding (about 1e-7). Returns the summary lines.
+    """
+    import time
+
+    from reformer_retrieval.corpus import (
+        REASON_DUPLICATE,
+        REASON_NULL_ID,
+        CorpusError,
+        EmbeddingWriter,
+        SkippedRecord,
+        SkipReport,
+    )
+    from reformer_retrieval.encode import Encoder, default_skipped_path
+    from reformer_retrieval.pipeline.read import _text_problem, plan_shards
+    from reformer_retrieval.pipeline.sketch import to_matrix
+
+    if on_duplicate not in ("error", "keep_first"):
+        raise ValueError(f"on_duplicate={on_duplicate!r}: must be 'error' or 'keep_first'")
+    start = time.perf_counter()
+    ray = init_ray(address)
+    fs, shards, id_kind = plan_shards(corpus, id_column, text_column)  # checks every file's columns
+    files = sorted({s.path for s in shards}, key=[s.path for s in shards].index)
+    info = Encoder.load(model, device="cpu", **encoder_options)
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ds = ray.data.read_parquet(files, filesystem=fs, columns=[id_column, text_column])
+    encoded = encode_dataset(ds, model=model, text_column=text_column, device=device, concurrency=actors,
+                             num_gpus=gpus_per_actor, batch_size=batch_size, **encoder_options)
+    report = SkipReport()
+    seen: set[Any] = set()
+    position = docs = tokens = 0
+    with EmbeddingWriter(output, info.dim, info.model_id, id_kind) as writer:  # type: ignore[arg-type]
+        for batch in encoded.iter_batches(batch_format="pyarrow", batch_size=None):
+            ids = batch.column(id_column).to_pylist()
+            texts = batch.column(text_column).to_pylist()
+            keep = []
+            for offset, (doc_id, text) in enumerate(zip(ids, texts)):
+                reason = REASON_NULL_ID if doc_id is None else _text_problem(text)
+                if reason is None and doc_id in seen:
+                    if on_duplicate == "error":
+                        raise CorpusError(f"duplicate id {doc_id!r} in {corpus} (row {position + offset}; ids must "
+                                          "be unique; keep the first with on_duplicate='keep_first')")
+                    reason = REASON_DUPLICATE
+                if reason is not None:
+                    report.add([SkippedRecord(doc_id, reason, os.fspath(corpus), position + offset)])
+                    continue
+                seen.add(doc_id)
+                keep.append(offset)
+            position += batch.num_rows
+            if keep:
+                rows = batch.take(pa.array(keep, pa.int64()))
+                writer.write(rows.column(id_column).to_pylist(), to_matrix(rows.column("embedding"), np.float32),
+                             rows.column("n_tokens").to_numpy(), rows.column("truncated").to_numpy(zero_copy_only=False))
+                docs += len(keep)
+                tokens += int(_sum(rows.column("n_tokens")))
+    skipped_path = default_skipped_path(output)
+    if len(report):
+        report.write(skipped_path, id_kind)  # type: ignore[arg-type]
+    seconds = time.perf_counter() - start
+    lines = [f"encoded {docs:,} documents ({tokens:,} tokens) on Ray in {seconds:.1f} s -> {output}"]
+    if len(report):
+        lines.append(f"{report.summary()}; listed in {skipped_path}")
+    return lines
+
+
+def _sum(column: Any) -> int:
+    """Sum of an integer Arrow column (0 when empty)."""
+    import pyarrow.compute as pc
+
+    value = pc.sum(column).as_py()
+    return int(value or 0)

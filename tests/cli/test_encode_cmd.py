@@ -186,3 +186,25 @@ def test_ctrl_c_leaves_a_resumable_state(tmp_path, tiny_dir):
     a, b = read_embeddings(ref), read_embeddings(dst)
     assert a.ids == b.ids and np.array_equal(a.vectors, b.vectors)
     assert not parts.exists()
+
+
+def test_encode_on_ray_matches_the_local_engine(tmp_path, corpus, tiny_dir):
+    pytest.importorskip("ray.data", reason="the ray extra is not installed: pip install 'reformer-retrieval[ray]'")
+    import ray
+
+    corpus, _ = corpus
+    common = ["--model", str(tiny_dir), "--device", "cpu", "--id-column", "doc_id", "--text-column", "body", "-q"]
+    try:
+        res = CliRunner().invoke(cli, ["encode", str(corpus), "-o", str(tmp_path / "ray.parquet"), "--engine", "ray",
+                                       "--actors", "1", *common])
+    finally:
+        ray.shutdown()
+    assert res.exit_code == 0, res.output
+    assert "encoded 8 documents" in res.output and "1 row skipped (1 null text)" in res.output
+    local = CliRunner().invoke(cli, ["encode", str(corpus), "-o", str(tmp_path / "local.parquet"), *common])
+    assert local.exit_code == 0, local.output
+    got, want = read_embeddings(tmp_path / "ray.parquet"), read_embeddings(tmp_path / "local.parquet")
+    assert got.ids == want.ids == list(range(8)) and got.model_id == want.model_id
+    np.testing.assert_allclose(got.vectors, want.vectors, atol=1e-6)
+    assert np.array_equal(got.n_tokens, want.n_tokens) and np.array_equal(got.truncated, want.truncated)
+    assert [(r.id, r.reason) for r in read_skipped(tmp_path / "ray.skipped.parquet")] == [(99, "null text")]
