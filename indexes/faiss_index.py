@@ -7,8 +7,11 @@ Pitfalls handled here (see the FAISS issues cited in ``dedup_retrieval_anchors.m
 * HNSW cannot remove vectors: removed rows become tombstones excluded by an ``IDSelector`` at search
   time (the graph keeps them; `VectorIndex.count` does not).
 * HNSW must be built with ``METRIC_INNER_PRODUCT`` explicitly (the default is L2).
-* IVF-PQ needs training: it is trained on a seeded random sample of the first vectors added; its
-  scores are PQ approximations, and a search visits only ``nprobe`` lists (range search too).
+* IVF-PQ needs training: it is trained on a seeded random sample of the first vectors added (or of
+  `IVFPQIndex.train`'s); its scores are PQ approximations, and a search visits only ``nprobe`` lists
+  (range search too). Training on fewer vectors than FAISS's guideline (39 per k-means centroid:
+  ``39 * 2**nbits`` for the PQ codebooks, ``39 * nlist`` for the coarse lists) is refused, not
+  worked around by quietly lowering ``nbits`` / ``nlist`` for the life of the index.
 * ``range_search`` keeps ``score > radius`` for inner product; we ask for the next float below the
   threshold and `VectorIndex.range_search` filters to ``score >= threshold``.
 """
@@ -185,22 +188,33 @@ def default_pq_m(dim: int) -> int:
     return max(d for d in range(1, target + 1) if dim % d == 0)
 
 
+def min_training_size(nbits: int, nlist: int | None = None) -> int:
+    """Fewest training vectors FAISS's guideline (39 per k-means centroid) allows for IVF-PQ:
+    ``39 * 2**nbits`` PQ centroids per sub-quantiser, and ``39 * nlist`` when ``nlist`` is fixed."""
+    return 39 * max(1 << int(nbits), int(nlist) if nlist is not None else 1)
+
+
 class IVFPQIndex(_FaissIndex):
     """Inverted lists over product-quantised codes (``IndexIVFPQ``, inner product); compact, approximate.
 
     Trained on a seeded random sample of the vectors of the first `add` (or `train`). Scores are PQ
     approximations; only ``nprobe`` lists are visited per query (range search included).
 
+    Training needs at least ``39 * 2**nbits`` vectors (9,984 for the default ``nbits=8``) and, for an
+    explicit ``nlist``, ``39 * nlist``: FAISS's k-means guideline of 39 points per centroid. Fewer are
+    refused (`IndexInputError` naming the nbits that would fit); call `train` on a larger sample
+    before adding a small first batch, lower ``nbits``, or use ``flat`` / ``hnsw``.
+
     Args:
         dim: Vector width.
         model_id: Model that produced the vectors.
         nlist: Number of inverted lists (``None``: about sqrt(n) of the training vectors, capped so
-            every list gets 39 training points).
+            every list gets 39 training points; recorded in the manifest).
         m: Sub-quantisers (must divide ``dim``; ``None``: ``dim / 4``-ish).
-        nbits: Bits per sub-quantiser code (<= 8; lowered automatically for tiny training sets).
+        nbits: Bits per sub-quantiser code (1..8).
         nprobe: Lists visited per query.
         train_size: Training sample size (``None``: ``39 * max(nlist, 2**nbits)``, FAISS's minimum for
-            both k-means, capped at n; PQ training dominates the build time).
+            both k-means, capped at n; PQ training dominates the build time; a smaller one is refused).
         seed: Seed of the training sample and of k-means.
     """
 
@@ -265,14 +279,20 @@ class IVFPQIndex(_FaissIndex):
         """Train the quantisers on a seeded sample of ``x`` (unit vectors ``(n, dim)``)."""
         x = np.ascontiguousarray(x, dtype=np.float32)
         n = len(x)
-        if n < 2:
-            raise IndexInputError(f"IVF-PQ needs at least 2 training vectors, got {n}")
-        nlist = self.nlist if self.nlist is not None else default_nlist(n)
-        nlist = max(1, min(nlist, n // 39 if n >= 39 else 1))
         nbits = self.nbits
-        while nbits > 1 and (1 << nbits) * 39 > n:
-            nbits -= 1
+        need = min_training_size(self.nbits, self.nlist)
+        if n < need:
+            fits = max((b for b in range(1, 9) if min_training_size(b, self.nlist) <= n), default=None)
+            lower = f"lower nbits (nbits={fits} fits {n:,})" if fits is not None else "lower nbits"
+            what = f"nbits={self.nbits}" + (f" and nlist={self.nlist}" if self.nlist is not None else "")
+            raise IndexInputError(
+                f"IVF-PQ with {what} needs at least {need:,} training vectors (FAISS's 39 per k-means centroid); "
+                f"got {n:,}. Train it on more first (IVFPQIndex.train), {lower}, or use a flat / hnsw index"
+            )
+        nlist = self.nlist if self.nlist is not None else max(1, min(default_nlist(n), n // 39))
         size = self.train_size if self.train_size is not None else max(39 * nlist, (1 << nbits) * 39)
+        if size < need:
+            raise IndexInputError(f"IVF-PQ train_size={size:,} is below the {need:,} vectors {self.nbits}-bit codes need")
         size = min(size, n)
         rng = np.random.default_rng(self.seed)
         sample = x if size >= n else x[np.sort(rng.choice(n, size=size, replace=False))]

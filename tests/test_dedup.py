@@ -57,7 +57,9 @@ def test_union_find_hand_made_pairs():
 def test_embedding_dedup_finds_planted_groups(index):
     x, groups = _planted()
     ids = [f"d{i}" for i in range(len(x))]
-    res = find_duplicates(ids, vectors=x, method="embedding", threshold=0.9, index=index, keep="first")
+    params = {"nbits": 2} if index == "ivfpq" else None  # 300 vectors train 2-bit codes (39 x 4 <= 300)
+    res = find_duplicates(ids, vectors=x, method="embedding", threshold=0.9, index=index, keep="first",
+                          index_params=params)
     found = sorted(sorted(c) for c in res.clusters())
     assert found == sorted(sorted(f"d{i}" for i in g) for g in groups)
     assert len(res.ids) == len(x) and res.cluster_id.shape == (len(x),)

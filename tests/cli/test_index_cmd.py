@@ -35,7 +35,9 @@ def _emb(path, n=300, dim=16, model_id="aaaaaaaaaaaa", seed=0, start=0):
 def test_build_add_info(tmp_path, kind):
     emb, _, _ = _emb(tmp_path / "e.parquet")
     runner = CliRunner()
-    out = runner.invoke(cli, ["index", "build", str(emb), "-o", str(tmp_path / "idx"), "--kind", kind, "--threads", "1"])
+    extra = ["--nbits", "2"] if kind == "ivfpq" else []  # 300 vectors train 2-bit codes (39 x 4 <= 300)
+    out = runner.invoke(cli, ["index", "build", str(emb), "-o", str(tmp_path / "idx"), "--kind", kind, "--threads", "1",
+                              *extra])
     assert out.exit_code == 0, out.output
     assert f"built a {kind} index of 300 entries (dim 16, model aaaaaaaaaaaa)" in out.output
     more, _, _ = _emb(tmp_path / "m.parquet", n=50, seed=1, start=300)
@@ -141,3 +143,10 @@ def test_build_from_a_missing_file_says_it_does_not_exist(tmp_path):
     jsonl.write_text("{\"id\": \"a\", \"text\": \"some text here\"}\n{\"id\": \"b\", \"text\": \"other words\"}\n")
     out = CliRunner().invoke(cli, ["index", "build", str(jsonl), "-o", str(tmp_path / "m"), "--kind", "minhash", "-q"])
     assert out.exit_code == 0 and "built a minhash index of 2 entries" in out.output
+
+
+def test_ivfpq_too_few_vectors_is_a_one_line_error(tmp_path):
+    emb, _, _ = _emb(tmp_path / "e.parquet")
+    out = CliRunner().invoke(cli, ["index", "build", str(emb), "-o", str(tmp_path / "i"), "--kind", "ivfpq"])
+    assert out.exit_code == 1 and "Traceback" not in out.output
+    assert "needs at least 9,984 training vectors" in out.output and "nbits=2 fits 300" in out.output
