@@ -23,7 +23,7 @@ NGRAM_TF = ("raw", "log", "binary")
 """Values of ``ngram_tf``."""
 NGRAM_PROJECTIONS = ("table", "sketch")
 """Values of ``ngram_projection``."""
-_OMITTED_AT_DEFAULT = ("ngram_tf", "ngram_projection")
+_OMITTED_AT_DEFAULT = ("ngram_tf", "ngram_projection", "context_window")
 """Fields added after models were published: left out of `ReformerConfig.to_dict` at their defaults, so those
 models keep their config text and ``model_id``."""
 
@@ -82,6 +82,11 @@ class ReformerConfig:
             (``1 + ln k`` for a bucket seen k times) or ``"binary"`` (once).
         ngram_projection: ``"table"`` (a learned vector per bucket) or ``"sketch"`` (a seeded count sketch:
             no vector table, so ``ngram_buckets`` can be large).
+        context_window: How the contextual channel pools its token states. 0: one masked mean over the whole
+            input (the models before distillation). ``w`` > 0: the mean over every ``w``-token window (positions
+            ``[k*w, (k+1)*w)``), projected and L2-normalised per window, then the mean of the window vectors,
+            normalised: the shape of the MiniLM chunk-mean baseline the channel is distilled from (a long document
+            is a mean of many local views, not one mean that converges to the language's style).
         extra: Free-form JSON-serialisable metadata carried with the config (unused by the model).
     """
 
@@ -120,6 +125,7 @@ class ReformerConfig:
     ngram_weight: float = 0.5
     ngram_tf: str = "raw"
     ngram_projection: str = "table"
+    context_window: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -184,6 +190,8 @@ class ReformerConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                 self._fail(name, "must be a positive integer")
+        if not isinstance(self.context_window, int) or isinstance(self.context_window, bool) or self.context_window < 0:
+            self._fail("context_window", "must be 0 (one mean) or a positive window width in tokens")
         if not 0 <= self.pad_token_id < self.vocab_size:
             self._fail("pad_token_id", f"must lie in [0, vocab_size={self.vocab_size})")
         if self.d_head is None:

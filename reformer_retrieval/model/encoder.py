@@ -152,11 +152,52 @@ class ReformerEncoder(nn.Module):
         info = SequenceInfo.from_mask(mask)
         y1, y2 = self.stack(x, x, info)
         states = self.final_norm(torch.cat([y1, y2], dim=-1))
+        if self.config.context_window:
+            windows = torch.arange(L, device=states.device) // self.config.context_window
+            emb = self.pool_windows(states, mask, windows.unsqueeze(0).expand(states.shape[0], L))
+            return emb, states
         weights = mask.unsqueeze(-1).to(torch.float32)
         counts = weights.sum(dim=1)
         pooled = (states.float() * weights).sum(dim=1) / counts.clamp(min=1.0)
         emb = self.projection(pooled.to(states.dtype)).float()
         return F.normalize(emb, dim=-1) * (counts > 0).float(), states
+
+    def window_vectors(
+        self, states: torch.Tensor, mask: torch.Tensor, windows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected, L2-normalised mean of the token states of every window (``context_window`` pooling).
+
+        Args:
+            states: (batch, length, 2 * d_model) token states.
+            mask: (batch, length) bool, True at real tokens.
+            windows: (batch, length) long, the window of every position (non-decreasing along a row, from 0).
+
+        Returns:
+            ``(vectors, present)``: (batch, n_windows, context_dim) float32 unit vectors (zero for a window with
+            no real token) and (batch, n_windows) bool, True where a window has a real token.
+        """
+        batch, length, width = states.shape
+        if mask.shape[1] < length:  # states of a padded input: padding is no real token, in the last window
+            extra = length - mask.shape[1]
+            mask = F.pad(mask, (0, extra), value=False)
+            windows = torch.cat([windows, windows[:, -1:].expand(batch, extra)], dim=1)
+        n_windows = int(windows.max().item()) + 1 if windows.numel() else 1
+        weights = mask.to(torch.float32)
+        index = (windows + torch.arange(batch, device=windows.device).unsqueeze(1) * n_windows).reshape(-1)
+        sums = torch.zeros(batch * n_windows, width, dtype=torch.float32, device=states.device)
+        sums = sums.index_add(0, index, (states.float() * weights.unsqueeze(-1)).reshape(-1, width))
+        counts = torch.zeros(batch * n_windows, dtype=torch.float32, device=states.device)
+        counts = counts.index_add(0, index, weights.reshape(-1))
+        means = (sums / counts.clamp(min=1.0).unsqueeze(-1)).to(states.dtype)
+        vectors = F.normalize(self.projection(means).float(), dim=-1)
+        present = (counts > 0).view(batch, n_windows)
+        return vectors.view(batch, n_windows, -1) * present.unsqueeze(-1), present
+
+    def pool_windows(self, states: torch.Tensor, mask: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
+        """The contextual channel from window vectors: their mean over the windows with a real token, normalised
+        ((batch, context_dim) float32; zero for a row with no real token)."""
+        vectors, _ = self.window_vectors(states, mask, windows)
+        return F.normalize(vectors.sum(dim=1), dim=-1)
 
     def channels(self) -> dict[str, tuple[slice, float]]:
         """Columns of each channel of the embedding and its share of the cosine: ``{"contextual": (slice, 1.0)}``,

