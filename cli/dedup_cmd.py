@@ -30,7 +30,8 @@ on the vectors, Jaccard on word 2-gram shingles) before clustering. Writes OUT_D
 OUT_DIR/embeddings.parquet, embeddings.skipped.parquet and (when rows are skipped) skipped.parquet. Every
 file written is listed at the end. INPUT and --corpus may be Parquet, JSON Lines or CSV.
 Default thresholds: cosine from the model's training.json "dedup_threshold" ("hybrid_dedup_threshold"
-for --method hybrid; else the library default), Jaccard 0.2 on word 2-grams (chosen on the wiki_versions dev set; see the README).
+for --method hybrid; else the library default); for an embeddings INPUT, the model that made them (the
+bundled one, or --model DIR; another model's default is refused: give --threshold), Jaccard 0.2 on word 2-grams (chosen on the wiki_versions dev set; see the README).
 """
 
 

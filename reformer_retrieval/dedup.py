@@ -50,11 +50,13 @@ __all__ = [
     "DEFAULT_MINHASH_THRESHOLD",
     "METHODS",
     "DedupResult",
+    "ThresholdModelMismatch",
     "dedup_corpus",
     "dedup_embeddings",
     "default_threshold",
     "find_duplicates",
     "minhash_inputs",
+    "model_id_of",
     "union_find",
 ]
 
@@ -85,13 +87,36 @@ DEFAULT_MINHASH_NGRAM = 2
 DEFAULT_KNN = 32
 
 
-def default_threshold(method: str, model_dir: str | Path | None = None) -> float:
+def model_id_of(model_dir: str | Path) -> str:
+    """The ``model_id`` of a model directory, from its weights file's metadata (the weights are loaded and
+    fingerprinted only when the metadata lacks it)."""
+    from safetensors import safe_open
+
+    from reformer_retrieval.checkpoint import WEIGHTS_FILE, ModelDirectoryError, load_model
+
+    path = Path(model_dir) / WEIGHTS_FILE
+    if not path.is_file():
+        raise ModelDirectoryError(f"model directory {model_dir} has no {WEIGHTS_FILE}")
+    with safe_open(str(path), framework="np") as fh:
+        recorded = (fh.metadata() or {}).get("model_id")
+    return recorded if recorded else load_model(model_dir).model_id
+
+
+class ThresholdModelMismatch(ValueError):
+    """No default threshold: the vectors come from another model than the one whose training.json is at hand."""
+
+
+def default_threshold(method: str, model_dir: str | Path | None = None, model_id: str | None = None) -> float:
     """The threshold used when none is given.
 
     ``"embedding"``: ``training.json["dedup_threshold"]`` of ``model_dir`` (default: the bundled model) if
     present, else `DEFAULT_EMBEDDING_THRESHOLD`. ``"hybrid"``: its ``"hybrid_dedup_threshold"`` if present
     (a cosine edge there is added to the lexical ones, so it is set for precision, usually higher), else the
     same as ``"embedding"``. ``"minhash"``: `DEFAULT_MINHASH_THRESHOLD`.
+
+    ``model_id``: the model that made the vectors (an embeddings file records it). A cosine threshold is a
+    property of one model, so when ``model_dir``'s (default: the bundled model's) id differs,
+    `ThresholdModelMismatch` is raised, naming both ids and suggesting ``--model`` or ``--threshold``.
     """
     if method not in METHODS:
         raise ValueError(f"unknown dedup method {method!r}; choose one of {', '.join(METHODS)}")
@@ -100,6 +125,15 @@ def default_threshold(method: str, model_dir: str | Path | None = None) -> float
     from reformer_retrieval.checkpoint import read_training
     from reformer_retrieval.encode import DEFAULT_MODEL_DIR
 
+    if model_id is not None:
+        have = model_id_of(DEFAULT_MODEL_DIR if model_dir is None else model_dir)
+        if have != model_id:
+            which = f"the model in {model_dir}" if model_dir is not None else "the bundled default model"
+            raise ThresholdModelMismatch(
+                f"the embeddings were made by model {model_id}, but {which} is {have}: its default cosine "
+                f"threshold does not apply to them; pass --model DIR (the directory of model {model_id}) or "
+                "--threshold VALUE"
+            )
     training = read_training(DEFAULT_MODEL_DIR if model_dir is None else model_dir)
     value = training.get("dedup_threshold")
     if method == "hybrid" and training.get("hybrid_dedup_threshold") is not None:
@@ -601,6 +635,8 @@ def dedup_embeddings(
     lengths = kwargs.pop("lengths", None)
     if lengths is None and texts is None:
         lengths = table.n_tokens
+    if kwargs.get("threshold") is None and method != "minhash":  # the default of the model that made them
+        kwargs["threshold"] = default_threshold(method, model_dir, model_id=table.model_id)
     result = find_duplicates(
         table.ids, vectors=table.vectors, texts=texts, method=method, lengths=lengths,
         truncated=table.truncated, model_dir=model_dir, **kwargs,

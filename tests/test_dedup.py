@@ -243,3 +243,19 @@ def test_hybrid_takes_the_models_hybrid_threshold(tmp_path):
     embedding = find_duplicates(list(range(60)), vectors=x, method="embedding", model_dir=model_dir)
     assert hybrid.summary["thresholds"]["cosine"] == 0.93
     assert embedding.summary["thresholds"]["cosine"] == 0.5
+
+
+def test_default_threshold_checks_the_model_of_the_vectors(tmp_path, tiny_dir):
+    from reformer_retrieval.dedup import ThresholdModelMismatch, model_id_of
+    from reformer_retrieval.encode import DEFAULT_MODEL_DIR
+
+    bundled = model_id_of(DEFAULT_MODEL_DIR)
+    assert default_threshold("embedding", model_id=bundled) == default_threshold("embedding")
+    with pytest.raises(ThresholdModelMismatch, match=rf"made by model 0123456789ab.*bundled default model is {bundled}"):
+        default_threshold("hybrid", model_id="0123456789ab")
+    tiny = model_id_of(tiny_dir)
+    assert tiny == ReformerEncoder.from_pretrained(tiny_dir).model_id  # the recorded id is the fingerprint
+    assert default_threshold("embedding", tiny_dir, model_id=tiny) == DEFAULT_EMBEDDING_THRESHOLD
+    with pytest.raises(ThresholdModelMismatch, match=rf"model in {tiny_dir} is {tiny}"):
+        default_threshold("embedding", tiny_dir, model_id=bundled)
+    assert default_threshold("minhash", model_id="0123456789ab") == DEFAULT_MINHASH_THRESHOLD

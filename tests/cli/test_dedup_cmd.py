@@ -128,8 +128,8 @@ def test_dedup_staged_engines_match_memory(tmp_path, corpus, engine):
     assert "5 documents -> 3 clusters (1 with duplicates)" in staged.output
     clusters = [pq.read_table(tmp_path / d / "clusters.parquet") for d in ("mem", engine)]
     assert clusters[0].equals(clusters[1])
-    # star edges: the bucket {doc-0, doc-2, doc-3} gives 2 verified edges where memory verifies all 3 pairs
-    assert pq.read_table(tmp_path / engine / "pairs.parquet").num_rows == 2
+    # the bucket {doc-0, doc-2, doc-3}: star (0-2, 0-3) + path (2-3) edges are all its pairs here
+    assert pq.read_table(tmp_path / engine / "pairs.parquet").equals(pq.read_table(tmp_path / "mem" / "pairs.parquet"))
     summary = json.loads((tmp_path / engine / "summary.json").read_text())
     assert summary["engine"] == engine and (tmp_path / engine / "stages" / "verify" / "_SUCCESS.json").is_file()
     if engine == "ray":
@@ -144,3 +144,42 @@ def test_dedup_staged_engine_refuses_an_embeddings_input(tmp_path):
     write_embeddings(emb, ["a", "b", "c"], x, np.ones(3), np.zeros(3, bool), "cccccccccccc")
     res = CliRunner().invoke(cli, ["dedup", str(emb), "-o", str(tmp_path / "o"), "--engine", "local"])
     assert res.exit_code == 2 and "takes a corpus INPUT" in res.output
+
+
+def test_dedup_from_embeddings_takes_the_default_threshold_of_their_model(tmp_path, tiny_dir):
+    """The default threshold comes from the model that made the embeddings, never from an unrelated one."""
+    import json as _json
+
+    from reformer_retrieval.dedup import model_id_of
+    from reformer_retrieval.encode import DEFAULT_MODEL_DIR
+
+    x = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = [f"doc-{i}" for i in range(5)]
+    runner = CliRunner()
+    # made by a model that is not at hand: refused, naming both ids and the ways out
+    other = write_embeddings(tmp_path / "other.parquet", ids, x, np.ones(5), np.zeros(5, bool), "cccccccccccc")
+    bundled_id = model_id_of(DEFAULT_MODEL_DIR)
+    res = runner.invoke(cli, ["dedup", str(other), "-o", str(tmp_path / "o1"), "-q"])
+    assert res.exit_code == 1 and "Traceback" not in res.output
+    assert "cccccccccccc" in res.output and bundled_id in res.output
+    assert "--model" in res.output and "--threshold" in res.output
+    assert runner.invoke(cli, ["dedup", str(other), "-o", str(tmp_path / "o2"), "--threshold", "0.9",
+                               "-q"]).exit_code == 0
+    # made by the bundled model: its training.json threshold
+    bundled = write_embeddings(tmp_path / "b.parquet", ids, x, np.ones(5), np.zeros(5, bool), bundled_id)
+    res = runner.invoke(cli, ["dedup", str(bundled), "-o", str(tmp_path / "o3"), "-q"])
+    assert res.exit_code == 0, res.output
+    expected = _json.loads((DEFAULT_MODEL_DIR / "training.json").read_text())["dedup_threshold"]
+    assert _json.loads((tmp_path / "o3" / "summary.json").read_text())["thresholds"]["cosine"] == expected
+    # made by a model given with --model: that model's threshold (its training.json), not the bundled one's
+    (tiny_dir / "training.json").write_text(_json.dumps({"dedup_threshold": 0.123}))
+    try:
+        tiny = write_embeddings(tmp_path / "t.parquet", ids, x, np.ones(5), np.zeros(5, bool), model_id_of(tiny_dir))
+        res = runner.invoke(cli, ["dedup", str(tiny), "-o", str(tmp_path / "o4"), "--model", str(tiny_dir), "-q"])
+        assert res.exit_code == 0, res.output
+        assert _json.loads((tmp_path / "o4" / "summary.json").read_text())["thresholds"]["cosine"] == 0.123
+        res = runner.invoke(cli, ["dedup", str(tiny), "-o", str(tmp_path / "o5"), "-q"])  # bundled model: refused
+        assert res.exit_code == 1 and model_id_of(tiny_dir) in res.output and bundled_id in res.output
+    finally:
+        (tiny_dir / "training.json").unlink()
