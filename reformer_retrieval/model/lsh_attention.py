@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -214,7 +215,19 @@ class LSHSelfAttention(nn.Module):
         self.hash_calls += 1
         n_chunks = self._n_real_chunks(info).tolist()
         factors = [bucket_factors(n, self.num_buckets, self.factorise_above) for n in n_chunks]
-        return hash_buckets(qk.detach(), self.rotations, self.n_rounds, info.key_valid, factors)
+        # every bucket decision in float32, whatever autocast or the model's dtype: a vector must not depend on
+        # the device or precision that computed it (a bf16 rotation flips near-tie buckets)
+        with torch.autocast(device_type=qk.device.type, enabled=False):
+            return hash_buckets(qk.detach(), self.rotations, self.n_rounds, info.key_valid, factors)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> LSHSelfAttention:
+        """`nn.Module._apply` (``.to``, ``.half``, ``.cuda`` ...) that moves the rotations to the new device but
+        keeps them float32: casting them to bf16 / fp16 would round the hash planes and change buckets."""
+        rotations = getattr(self, "rotations", None)
+        super()._apply(fn, recurse)
+        if rotations is not None and self.rotations.dtype != rotations.dtype:
+            self.rotations = rotations.to(device=self.rotations.device)
+        return self
 
     def forward(
         self, x: torch.Tensor, info: SequenceInfo, buckets: torch.Tensor | None = None

@@ -141,3 +141,24 @@ def test_embeddings_agree_between_cpu_and_gpu(cuda_device, tiny_config, make_doc
         cpu = model(ids, mask)
         gpu = copy.deepcopy(model).to(cuda_device)(ids.to(cuda_device), mask.to(cuda_device)).cpu()
     assert (cpu - gpu).abs().max().item() < 1e-4
+
+
+def test_bucket_decisions_stay_float32_under_bf16_autocast_and_casts(tiny_config):
+    """Buckets are the same under CPU bf16 autocast as in float32, and a bf16 cast of the model keeps the hash
+    rotations float32 and equal to the original ones (a bf16 rotation would flip near-tie buckets)."""
+    torch.manual_seed(0)
+    model = ReformerEncoder(tiny_config).eval()
+    layer = next(a for a in model.attention_layers if a.kind == "lsh")
+    qk = torch.randn(2, tiny_config.n_heads, 256, tiny_config.head_dim)
+    info = SequenceInfo.from_mask(torch.ones(2, 256, dtype=torch.bool))
+    reference = layer.compute_buckets(qk, info)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = layer.compute_buckets(qk, info)
+    assert torch.equal(under_autocast, reference)
+    original = layer.rotations.clone()
+    low = copy.deepcopy(model).to(torch.bfloat16)
+    low_layer = next(a for a in low.attention_layers if a.kind == "lsh")
+    assert low_layer.rotations.dtype == torch.float32 and torch.equal(low_layer.rotations, original)
+    assert low_layer.query_key.weight.dtype == torch.bfloat16  # the rest of the model is cast
+    assert torch.equal(low_layer.compute_buckets(qk.to(torch.bfloat16).float(), info),
+                       layer.compute_buckets(qk.to(torch.bfloat16).float(), info))
