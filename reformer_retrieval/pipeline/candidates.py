@@ -1,8 +1,9 @@
 """Stage ``candidates``: band buckets -> star edges; exact range search (FAISS flat) for the embedding method.
 
 Bucket tasks (one per band partition): the keys of partition ``j`` from every ``bands`` shard are grouped by
-``(family, band, key)``; a bucket with members ``m0 < m1 < ... < mk`` emits the *star* edges ``(m0, mi)``,
-never all ``k (k + 1) / 2`` pairs, so a bucket of 100K documents costs 100K edges, not 5 x 10^9. A bucket
+``(family, band, key)``; a bucket with members ``m0 < m1 < ... < mk`` emits the *star* edges ``(m0, mi)``
+and (``edges="star+path"``, the default) the *path* edges ``(m(i-1), mi)``, never all ``k (k + 1) / 2``
+pairs, so a bucket of 100K documents costs at most 200K edges, not 5 x 10^9. A bucket
 larger than ``bucket_cap`` is still starred (nothing is dropped) and reported (``oversized`` in the
 stage report and in summary.json): it usually means boilerplate or near-empty documents.
 
@@ -28,17 +29,23 @@ from reformer_retrieval.pipeline.bands import _mix
 from reformer_retrieval.pipeline.runner import ShardTask
 from reformer_retrieval.pipeline.sketch import to_matrix
 
-__all__ = ["DEFAULT_BUCKET_CAP", "CandidatesTask", "edge_table", "star_edges"]
+__all__ = ["DEFAULT_BUCKET_CAP", "EDGE_MODES", "CandidatesTask", "edge_table", "star_edges"]
+
+#: Edges a bucket emits: star to its smallest member plus the path through its members (default), or the star alone.
+EDGE_MODES = ("star+path", "star")
 
 #: Buckets with more members than this are reported in the summary (and still starred, never dropped).
 DEFAULT_BUCKET_CAP = 10_000
 
 
-def star_edges(groups: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Star edges of buckets: ``groups`` (sortable bucket labels) and member ``rows``, any order.
+def star_edges(groups: np.ndarray, rows: np.ndarray, path: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Linear-size edges of buckets: ``groups`` (sortable bucket labels) and member ``rows``, any order.
 
-    Returns ``(a, b, sizes)``: every non-smallest member ``b`` joined to its bucket's smallest member ``a``
-    and the size of every bucket (in the order of the sorted labels).
+    Every non-smallest member ``b`` is joined to its bucket's smallest member ``a`` (the star) and, with
+    ``path``, to the next member in row order (the path), so a bucket of ``k`` members gives at most
+    ``2 (k - 1)`` edges, never ``k (k - 1) / 2``. The path catches duplicates whose link to the smallest
+    member fails verification (wiki_versions, MinHash: the star alone keeps 0.988 of the all-pairs
+    co-clustered pairs, star + path 1.000). Returns ``(a, b, sizes)``, ``sizes`` per bucket in label order.
     """
     if len(rows) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
@@ -51,7 +58,11 @@ def star_edges(groups: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.nda
     a = heads[head_index]
     keep = ~start
     sizes = np.diff(np.append(np.flatnonzero(start), len(g)))
-    return a[keep], r[keep], sizes
+    if not path:
+        return a[keep], r[keep], sizes
+    prev = np.concatenate([[0], r[:-1]])
+    chain = keep & (prev != a)  # the second member's path edge is its star edge already
+    return np.concatenate([a[keep], prev[chain]]), np.concatenate([r[keep], r[chain]]), sizes
 
 
 def edge_table(a: np.ndarray, b: np.ndarray, n_dst: int) -> pa.Table:
@@ -74,7 +85,11 @@ class CandidatesTask(ShardTask):
     row_group_key = "dst"
 
     def __init__(self, bands_paths: list[str], n_parts: int, n_dst: int, bucket_cap: int = DEFAULT_BUCKET_CAP,
-                 embed_paths: list[str] | None = None, flat_threshold: float | None = None) -> None:
+                 embed_paths: list[str] | None = None, flat_threshold: float | None = None,
+                 edges: str = "star+path") -> None:
+        if edges not in EDGE_MODES:
+            raise ValueError(f"edges must be one of {', '.join(EDGE_MODES)}, got {edges!r}")
+        self.edges = edges
         self.bands_paths, self.n_parts, self.n_dst = [str(p) for p in bands_paths], int(n_parts), int(n_dst)
         self.bucket_cap = int(bucket_cap)
         self.embed_paths = [str(p) for p in embed_paths or []]
@@ -89,7 +104,8 @@ class CandidatesTask(ShardTask):
 
     def settings(self) -> dict[str, Any]:
         """Partitioning, cap and flat threshold."""
-        return {"parts": self.n_parts, "dst": self.n_dst, "cap": self.bucket_cap, "flat": self.flat_threshold}
+        return {"parts": self.n_parts, "dst": self.n_dst, "cap": self.bucket_cap, "flat": self.flat_threshold,
+                "edges": self.edges}
 
     def setup(self) -> None:
         """Build the flat index of all vectors (flat candidates only)."""
@@ -124,7 +140,7 @@ class CandidatesTask(ShardTask):
             new = np.ones(len(label), bool)
             new[1:] = (fk[1:] != fk[:-1]) | (bk[1:] != bk[:-1]) | (kk[1:] != kk[:-1])
             rank[label] = np.cumsum(new) - 1
-        a, b, sizes = star_edges(rank, rows)
+        a, b, sizes = star_edges(rank, rows, path=self.edges == "star+path")
         big = np.flatnonzero(sizes > self.bucket_cap)
         report: dict[str, Any] = {"buckets": int((sizes > 1).sum()), "largest_bucket": int(sizes.max(initial=0)),
                                   "oversized": []}

@@ -7,9 +7,10 @@ again with the same arguments and it skips the finished stages and shards (see `
 
 How it differs from `reformer_retrieval.dedup.find_duplicates` (the in-memory path):
 
-* a band bucket gives star edges to its smallest member instead of all its pairs, so ``pairs.parquet`` holds
-  the verified star edges, and a document whose only verified link is to a non-smallest bucket member is
-  missed (README "Running on a cluster" measures this against all pairs);
+* a band bucket gives star edges to its smallest member plus the path through its members (at most
+  ``2 (k - 1)`` edges) instead of all its pairs, so ``pairs.parquet`` holds the verified star and path edges,
+  and two duplicates linked only through a failed edge can be missed (README "Running on a cluster"
+  measures this against all pairs: none lost on the sample and on wiki_versions with MinHash);
 * embedding candidates are exact (``index="flat"``: FAISS range search per shard) or sign-random-projection
   bands (``index="lsh"``) with bands x rows derived from the threshold for recall >= 0.99 at it; the k-NN
   indexes are not offered;
@@ -82,6 +83,7 @@ def dedup_pipeline(
     recall: float = DEFAULT_RECALL,
     max_bands: int = DEFAULT_MAX_BANDS,
     bucket_cap: int = DEFAULT_BUCKET_CAP,
+    edges: str = "star+path",
     shard_rows: int = DEFAULT_SHARD_ROWS,
     show_progress: bool = False,
 ) -> DedupResult:
@@ -96,7 +98,9 @@ def dedup_pipeline(
         work_dir: Stage directories (default ``out_dir/stages``); keep it to resume.
         index: Embedding candidates: ``"flat"`` (exact range search) or ``"lsh"`` (sign-random-projection bands).
         recall, max_bands: Target recall at the cosine threshold and the most bands of ``index="lsh"``.
-        bucket_cap: Buckets larger than this are reported in the summary (still starred, never dropped).
+        bucket_cap: Buckets larger than this are reported in the summary (still linked, never dropped).
+        edges: What a bucket of ``k`` members emits: ``"star+path"`` (star to its smallest member plus the
+            path through its members in row order, at most ``2 (k - 1)`` edges) or ``"star"`` (``k - 1``).
         shard_rows: Rows per read shard (shards follow Parquet row groups).
         Other arguments: as `reformer_retrieval.dedup.find_duplicates` / `dedup_corpus`.
 
@@ -164,7 +168,7 @@ def dedup_pipeline(
     candidates = runner.run(CandidatesTask(
         [] if bands_stage is None else [str(p) for p in bands_stage.paths],
         0 if bands_stage is None else bands_stage.shards, n_dst, bucket_cap,
-        [str(p) for p in embed.paths] if embed is not None else [], flat),
+        [str(p) for p in embed.paths] if embed is not None else [], flat, edges),
         [s for s in (bands_stage, embed if flat is not None else None) if s is not None])
     verify = runner.run(VerifyTask(
         [str(p) for p in candidates.paths], n_dst, ranges, None if sketch is None else sketch.directory,
@@ -200,7 +204,7 @@ def dedup_pipeline(
         "minhash": ({"num_perm": num_perm, "shingle": shingle, "ngram": ngram, "bands": mh_params["bands"],
                      "rows": mh_params["rows"]} if mh_params else None),
         "srp": srp,
-        "edges": "star",
+        "edges": edges,
         "bucket_cap": bucket_cap,
         "oversized_buckets": {"count": int(sum(int(r.get("oversized_count", 0)) for r in candidates.reports)),
                               "largest": sorted(oversized, key=lambda o: -o["size"])[:20]},

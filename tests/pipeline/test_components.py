@@ -1,4 +1,4 @@
-"""Components: a 100K-node chain and a 100K star are one cluster each; star edges reach every member."""
+"""Components: a 100K-node chain and a 100K star are one cluster each; bucket edges stay linear."""
 
 from __future__ import annotations
 
@@ -41,12 +41,17 @@ def test_star_edges_of_a_big_bucket_join_every_member():
     rng = np.random.default_rng(1)
     members = rng.permutation(N)[: N // 2]
     groups = np.zeros(len(members), np.int64)
-    # a second bucket of three, given in shuffled order
-    members = np.concatenate([members, [N + 5, N + 3, N + 9]])
-    groups = np.concatenate([groups, [1, 1, 1]])
-    a, b, sizes = star_edges(groups, members)
-    assert len(a) == len(members) - 2  # n - 1 edges per bucket, never all pairs
-    assert sizes.tolist() == [N // 2, 3]
+    # a second bucket of four, given in shuffled order
+    members = np.concatenate([members, [N + 5, N + 3, N + 9, N + 4]])
+    groups = np.concatenate([groups, [1, 1, 1, 1]])
+    a, b, sizes = star_edges(groups, members, path=False)
+    assert len(a) == len(members) - 2  # k - 1 edges per bucket, never all pairs
+    assert sizes.tolist() == [N // 2, 4]
     hub = members[: N // 2].min()
     assert set(a[: N // 2 - 1].tolist()) == {hub}
-    assert sorted(zip(a[-2:].tolist(), b[-2:].tolist())) == [(N + 3, N + 5), (N + 3, N + 9)]
+    assert sorted(zip(a[-3:].tolist(), b[-3:].tolist())) == [(N + 3, N + 4), (N + 3, N + 5), (N + 3, N + 9)]
+    # star + path: the star plus each member's link to the previous one (at most 2 (k - 1) edges)
+    a, b, _ = star_edges(groups, members)
+    assert len(a) == 2 * (len(members) - 2) - 2
+    small = {(x, y) for x, y in zip(a.tolist(), b.tolist()) if x >= N}
+    assert small == {(N + 3, N + 4), (N + 3, N + 5), (N + 3, N + 9), (N + 4, N + 5), (N + 5, N + 9)}

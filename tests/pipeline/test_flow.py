@@ -35,8 +35,8 @@ def test_sample_minhash_equals_the_all_pairs_path(tmp_path):
     old = dedup_corpus(SAMPLE, tmp_path / "old", method="minhash", show_progress=False)
     (nc, npairs), (oc, opairs) = _tables(tmp_path / "new"), _tables(tmp_path / "old")
     assert nc.equals(oc)  # same partition, cluster numbers, representatives and max scores
-    assert npairs.equals(opairs)  # on the sample every verified pair is also a star edge
-    assert new.summary["engine"] == "local" and new.summary["edges"] == "star"
+    assert npairs.equals(opairs)  # on the sample every verified pair is also a star or path edge
+    assert new.summary["engine"] == "local" and new.summary["edges"] == "star+path"
     assert set(new.summary["seconds"]) >= {
         "read", "sketch", "bands", "candidates", "verify", "components"}
     assert old.summary["verified_pairs"] == new.summary["verified_pairs"]
@@ -164,3 +164,15 @@ def test_rerun_after_sigkill_mid_stage(tmp_path):
     whole = dedup_pipeline(corpus, tmp_path / "fresh", method="minhash", threshold=0.5, shard_rows=100)
     assert res.ids == whole.ids == ids and np.array_equal(res.cluster_id, whole.cluster_id)
     assert pa.concat_tables([pq.read_table(p) for p in sorted(sketch_dir.glob("part-*.parquet"))]).num_rows == 600
+
+
+def test_star_edges_alone_verify_a_subset_of_star_and_path(tmp_path):
+    ids, texts = planted_texts(1500, seed=8)
+    corpus = write_corpus(tmp_path / "c.parquet", ids, texts)
+    star = dedup_pipeline(corpus, tmp_path / "s", method="minhash", threshold=0.5, edges="star",
+                          work_dir=tmp_path / "w")
+    both = dedup_pipeline(corpus, tmp_path / "b", method="minhash", threshold=0.5, work_dir=tmp_path / "w")
+    pairs = [set(zip(r.pair_a.tolist(), r.pair_b.tolist())) for r in (star, both)]
+    assert pairs[0] < pairs[1] and star.summary["edges"] == "star"
+    with pytest.raises(ValueError, match="edges must be one of"):
+        dedup_pipeline(corpus, tmp_path / "x", method="minhash", edges="all")
