@@ -64,6 +64,8 @@ class DistillConfig:
         noise_preset, noise_strength: `augment` preset and the largest strength (each crop draws one in [0, max]).
         holdout_crops: Crops of the cache kept out of training to report the loss on.
         checkpoint_seconds: Save a checkpoint at least this often.
+        reload_cache: Re-read the teacher cache at every checkpoint (train on a cache that is still being built;
+            the holdout crops, the first ones of the plan, stay the same).
         seed: Seed of everything random in the run.
     """
 
@@ -87,6 +89,7 @@ class DistillConfig:
     noise_strength: float = 0.6
     holdout_crops: int = 64
     checkpoint_seconds: float = 120.0
+    reload_cache: bool = False
     seed: int = 0
 
     @classmethod
@@ -261,6 +264,9 @@ def distil(config: DistillConfig, out: str | Path, resume: bool = False, log: An
             log(f"step {step} holdout {history[-1]['holdout']}")
             save()
             last_save = time.monotonic()
+            if config.reload_cache:  # a cache still being built: train on the shards finished since
+                plan, crops, teachers = read_teacher_cache(config.teacher_cache)
+                train_rows = np.arange(config.holdout_crops, len(crops))
     history.append({"step": step, "holdout": holdout_loss(), "seconds": time.monotonic() - started})
     log(f"step {step} holdout {history[-1]['holdout']}")
     save()
