@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from reformer_retrieval import ReformerConfig
 from reformer_retrieval.model.chunked_attention import full_attention
@@ -269,6 +270,36 @@ def test_exact_path_equals_the_chunked_path_at_the_threshold(monkeypatch, n_hash
     assert b_exact is None and b_hashed is not None and b_hashed.shape[2] == n_hashes
     for b, n in enumerate([12, 9]):
         assert (exact[b, :n] - hashed[b, :n]).abs().max().item() < 1e-12
+
+
+def sdpa_reference(attn: LSHSelfAttention, x: torch.Tensor, key_valid: torch.Tensor) -> torch.Tensor:
+    """The module's attention computed by torch's `scaled_dot_product_attention` (the reference): shared-QK
+    (keys are the unit-normalised query-keys), no 1/sqrt(d) scaling, a query's own key at -1e5 and padding
+    keys excluded, then the module's output projection."""
+    B, L, _ = x.shape
+    qk, v = _qk_v(attn, x)
+    mask = torch.zeros(B, 1, L, L, dtype=x.dtype)
+    mask.masked_fill_(~key_valid[:, None, None, :], float("-inf"))
+    mask.diagonal(dim1=-2, dim2=-1).clamp_(max=-1e5)  # the own key: only when nothing else is there
+    out = F.scaled_dot_product_attention(qk, F.normalize(qk, dim=-1, eps=1e-6), v, attn_mask=mask, scale=1.0)
+    return attn.dense(out.transpose(1, 2).reshape(B, L, -1))
+
+
+@pytest.mark.parametrize("n_hashes", [1, 4])
+def test_lsh_path_equals_torch_sdpa_when_windows_cover_every_key(monkeypatch, n_hashes):
+    """Against torch's SDPA, not the project's own O(L^2) path: at 3 chunks every query's LSH window holds
+    every key, so the hashed, sorted, chunked computation must give exact attention."""
+    cfg = _config(n_hashes=n_hashes)
+    attn = LSHSelfAttention(cfg, 0).double().eval()
+    info = _info([12, 9], 12)  # 3 chunks of 4; the second document padded
+    x = torch.randn(2, 12, cfg.d_model, generator=torch.Generator().manual_seed(5), dtype=D64)
+    monkeypatch.setattr(attn, "_full_path_fits", lambda n_chunks: False)
+    with torch.no_grad():
+        hashed, buckets = attn(x, info)
+        reference = sdpa_reference(attn, x, info.key_valid)
+    assert buckets is not None  # the LSH path ran
+    for b, n in enumerate([12, 9]):
+        assert (hashed[b, :n] - reference[b, :n]).abs().max().item() < 1e-10
 
 
 # ---------------------------------------------------------------------------------------------- test 11 / 12
