@@ -8,7 +8,10 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -205,8 +208,63 @@ def test_every_attention_layer_changes_the_embedding(tiny_config, make_doc, kind
 
 
 def test_tokenizer_output_feeds_the_model(model):
+    """The tokenizer's padded batch gives each text the embedding it gets alone, repeatably, and distinct
+    texts distinct embeddings (values, not just shapes)."""
     tok = ByteTokenizer(max_len=4096)
-    batch = tok(["A long document. " * 30, "short"])
+    texts = ["A long document. " * 30, "short", "A long document. " * 29 + "A long documant. "]
+    batch = tok(texts)
     emb = _embed(model, batch["input_ids"], batch["attention_mask"])
-    assert emb.shape == (2, 16) and torch.isfinite(emb).all()
-    assert batch["input_ids"].max() < ReformerConfig().vocab_size
+    assert emb.shape == (3, 16) and batch["input_ids"].max() < ReformerConfig().vocab_size
+    for i, text in enumerate(texts):
+        alone = tok([text])
+        assert (_embed(model, alone["input_ids"], alone["attention_mask"])[0] - emb[i]).abs().max().item() < 1e-5
+    assert torch.equal(_embed(model, batch["input_ids"], batch["attention_mask"]), emb)  # deterministic
+    cos = emb @ emb.T
+    assert cos[0, 2] > cos[0, 1]  # a one-letter edit stays closer than an unrelated text
+    assert (emb[0] - emb[1]).abs().max().item() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- shipped model
+
+SAMPLE = Path(__file__).resolve().parents[2] / "examples" / "sample.parquet"
+
+
+def _light_edit(text: str, seed: int) -> str:
+    """Every ~30th word reversed and the last 5% of the words dropped: a lightly edited copy."""
+    rng = np.random.default_rng(seed)
+    words = text.split(" ")
+    for i in rng.choice(len(words), size=max(1, len(words) // 30), replace=False):
+        words[i] = words[i][::-1]
+    return " ".join(words[: int(len(words) * 0.95)])
+
+
+@pytest.mark.slow
+def test_shipped_model_each_channel_keeps_an_edited_copy_closer_than_unrelated_documents():
+    """The bundled model (reformer_retrieval/assets/default), per channel of its embedding (the contextual
+    Reformer part and the hashed n-gram part, `ReformerEncoder.channels`): a document and its lightly edited
+    copy are closer than any two unrelated documents of the bundled sample (one per source)."""
+    from reformer_retrieval.encode import Encoder
+
+    if not SAMPLE.is_file():
+        pytest.skip("examples/sample.parquet is absent")
+    rows = pq.read_table(SAMPLE, columns=["text", "source", "variant"]).to_pylist()
+    docs, sources = [], set()
+    for row in rows:
+        if row["variant"] == "original" and row["source"] not in sources:
+            sources.add(row["source"])
+            docs.append(row["text"][:1500])
+    docs = docs[:6]
+    edits = [_light_edit(d, i) for i, d in enumerate(docs)]
+    encoder = Encoder.load(device="cpu")  # the shipped default
+    channels = encoder.model.channels()
+    assert len(channels) == (2 if encoder.model.config.ngram_size else 1)
+    emb = encoder.encode(docs + edits)
+    n = len(docs)
+    for name, (columns, _share) in channels.items():
+        part = emb[:, columns]
+        part = part / np.linalg.norm(part, axis=1, keepdims=True)
+        originals, copies = part[:n], part[n:]
+        edited = np.einsum("ij,ij->i", originals, copies)
+        unrelated = originals @ originals.T
+        np.fill_diagonal(unrelated, -np.inf)
+        assert edited.min() > unrelated.max() + 0.05, (name, edited.round(3), unrelated.max())
