@@ -18,9 +18,9 @@ sum_{i <= nflip} C(b, i)`` per table) plus the stored vectors of an unrelated po
 ``background``, 0 by default) that collide in some table and must be re-scored. ``L`` is capped
 (``max_tables``: every table holds one entry per vector) and ``L * b`` is a multiple of 8 (packed codes).
 
-At low thresholds sign LSH cannot be selective: at cosine 0.41 and recall 0.99 about a fifth to a
-third of unrelated pairs become candidates whatever the parameters, so an exact (``flat``) range
-search is usually as fast there. `LSHParams.background_rate` reports that fraction.
+At low thresholds sign LSH cannot be selective: at cosine 0.41 and recall 0.99, within 64 tables,
+40-50% of unrelated pairs (cosine 0) still become candidates, so an exact (``flat``) range search is
+usually as fast there. `LSHParams.background_rate` reports that fraction.
 """
 
 from __future__ import annotations
