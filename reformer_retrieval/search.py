@@ -51,9 +51,13 @@ class Searcher:
     @classmethod
     def open(
         cls, index_dir: str | Path, model: str | Path | None = None, device: str = "auto", encoder: Any = None,
-        verify: bool = True,
+        verify: bool = False,
     ) -> Searcher:
-        """Open ``index_dir``; text queries will use ``encoder``, or the model at ``model`` (default: bundled)."""
+        """Open ``index_dir``; text queries will use ``encoder``, or the model at ``model`` (default: bundled).
+
+        File sizes are checked against the manifest; ``verify`` also reads every file to compare its SHA-256
+        (off by default: a large index is not re-read per search; ``index info --verify`` does it once).
+        """
         return cls(open_index(index_dir, verify=verify), encoder=encoder, model=model, device=device)
 
     # ------------------------------------------------------------------ helpers

@@ -93,3 +93,23 @@ def test_formats_and_query_files(tmp_path):
     assert read_queries(tmp_path / "q.jsonl", text_column="q.text") == (["x", "y"], ["t1", "t2"], None)
     (tmp_path / "q.csv").write_text("id,text,own\n1,t1,d1\n2,t2,d2\n")
     assert read_queries(tmp_path / "q.csv", exclude_column="own") == (["1", "2"], ["t1", "t2"], ["d1", "d2"])
+
+
+def test_searcher_open_does_not_hash_the_index(tmp_path, monkeypatch):
+    """Opening for a search checks sizes only: a large index is not re-read per query."""
+    import numpy as np
+    from reformer_retrieval.indexes import build_index
+    from reformer_retrieval.indexes import store as store_module
+
+    from reformer_retrieval.search import Searcher
+
+    x = np.random.default_rng(0).standard_normal((20, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    build_index("flat", x, [f"d{i}" for i in range(20)]).save(tmp_path / "i")
+
+    def no_hashing(path):
+        raise AssertionError(f"{path} was hashed while opening for a search")
+
+    monkeypatch.setattr(store_module, "_sha256", no_hashing)
+    searcher = Searcher.open(tmp_path / "i")
+    assert searcher.index.search(x[:1], 1).ids == [["d0"]]
