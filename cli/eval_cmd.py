@@ -107,7 +107,7 @@ def eval_dedup(labelled: Path | None, marks_path: Path | None, label_column: str
                threshold: float | None, minhash_threshold: float | None, index_kind: str, plot: Path | None,
                json_path: Path | None, quiet: bool) -> None:
     """Score near-duplicate clusters against the labels of LABELLED."""
-    from reformer_retrieval.dedup import default_threshold
+    from reformer_retrieval.dedup import ThresholdModelMismatch, default_threshold
     from reformer_retrieval.evaluate import (
         evaluate_clusters,
         format_sweep,
@@ -130,7 +130,17 @@ def eval_dedup(labelled: Path | None, marks_path: Path | None, label_column: str
                        f"({m.predicted_pairs:,} predicted pairs, {m.true_pairs:,} true, {m.n_clusters:,} clusters)")
             _write_json(json_path, {"clusters": str(clusters), **m.to_dict()})
             return
-        default = default_threshold(method, model)
+        emb_model = None  # the model that made --embeddings: its default threshold, not another model's
+        if embeddings is not None and method != "minhash":
+            from reformer_retrieval.corpus import read_embeddings_metadata
+
+            emb_model = read_embeddings_metadata(embeddings)["model_id"]
+        try:
+            default = default_threshold(method, model, model_id=emb_model)
+        except ThresholdModelMismatch:
+            if sweep is None and threshold is None:
+                raise
+            default = None  # thresholds given: no default to mark
         if sweep is not None and threshold is not None:
             raise click.UsageError("give --sweep or --threshold, not both")
         thresholds = _parse_sweep(sweep) if sweep else [threshold if threshold is not None else default]

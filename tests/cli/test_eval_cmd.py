@@ -52,6 +52,19 @@ def test_eval_dedup_sweep_json_plot(labelled):
     assert (root / "pr.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_eval_dedup_default_threshold_is_the_embeddings_model(labelled):
+    """Embeddings of a model not at hand get no default threshold (both ids named); a sweep needs none."""
+    root, _ = labelled
+    res = CliRunner().invoke(cli, ["eval", "dedup", str(root / "lab.parquet"), "--embeddings", str(root / "emb.parquet"),
+                                   "-q"])
+    assert res.exit_code == 1 and "eeeeeeeeeeee" in res.output and "--threshold" in res.output
+    assert "Traceback" not in res.output
+    res = CliRunner().invoke(cli, ["eval", "dedup", str(root / "lab.parquet"), "--embeddings", str(root / "emb.parquet"),
+                                   "--threshold", "0.9", "--json", str(root / "t.json"), "-q"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((root / "t.json").read_text())["default_threshold"] is None
+
+
 def test_eval_dedup_minhash_and_clusters(labelled):
     root, _ = labelled
     res = CliRunner().invoke(cli, ["eval", "dedup", str(root / "lab.parquet"), "--method", "minhash", "--threshold",
