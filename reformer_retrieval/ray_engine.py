@@ -61,9 +61,22 @@ def init_ray(address: str | None = None, num_cpus: int | None = None) -> Any:
 
 
 def _run_shards(batch: dict[str, np.ndarray], task: ShardTask, stage_dir: str) -> dict[str, np.ndarray]:
-    """``map_batches`` function of stateless stages: Ray tasks on pooled worker processes."""
-    rows = [int(task.run_and_write(stage_dir, int(i))["rows"]) for i in batch["shard"]]
-    return {"shard": np.asarray(batch["shard"], np.int64), "rows": np.asarray(rows, np.int64)}
+    """``map_batches`` function of stateless stages: Ray tasks on pooled worker processes.
+
+    Bad input (a `CorpusError` or another ``ValueError`` / ``OSError`` of a shard) comes back as the one-line
+    ``error`` of that shard instead of an exception, which Ray would wrap in its own types and tracebacks.
+    """
+    rows, errors = [], []
+    for i in batch["shard"]:
+        try:
+            rows.append(int(task.run_and_write(stage_dir, int(i))["rows"]))
+            errors.append("")
+        except (ValueError, OSError) as exc:
+            lines = str(exc).strip().splitlines()
+            rows.append(-1)
+            errors.append(lines[0] if lines else type(exc).__name__)
+    return {"shard": np.asarray(batch["shard"], np.int64), "rows": np.asarray(rows, np.int64),
+            "error": np.asarray(errors, dtype=object)}
 
 
 class _ShardActor:
@@ -119,6 +132,11 @@ class RayEngine:
             out = ds.map_batches(_run_shards, fn_kwargs={"task": task, "stage_dir": str(stage_dir)}, batch_size=1,
                                  compute=ray.data.TaskPoolStrategy(size=workers), num_cpus=1)
         done = out.take_all()
+        failed = [d for d in done if d["error"]]
+        if failed:
+            from reformer_retrieval.corpus import CorpusError
+
+            raise CorpusError(f"stage {task.name}, shard {failed[0]['shard']}: {failed[0]['error']}")
         if len(done) != len(shards):
             raise RuntimeError(f"stage {task.name}: Ray returned {len(done)} of {len(shards)} shards")
 

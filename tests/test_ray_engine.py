@@ -6,6 +6,8 @@ Skipped only when the ``ray`` extra is missing (``pip install 'reformer-retrieva
 from __future__ import annotations
 
 import importlib.util
+import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +17,11 @@ import pytest
 ray = pytest.importorskip("ray", reason="the ray extra is not installed: pip install 'reformer-retrieval[ray]'")
 pytest.importorskip("ray.data", reason="the ray extra is not installed: pip install 'reformer-retrieval[ray]'")
 
+from reformer_retrieval.corpus import CorpusError  # noqa: E402
 from reformer_retrieval.encode import Encoder  # noqa: E402
-from reformer_retrieval.pipeline import dedup_pipeline  # noqa: E402
+from reformer_retrieval.pipeline import StageRunner, dedup_pipeline  # noqa: E402
+from reformer_retrieval.pipeline.embed import EmbedTask  # noqa: E402
+from reformer_retrieval.pipeline.read import ReadTask  # noqa: E402
 from reformer_retrieval.ray_engine import RayEngine, dedup_dataset, encode_dataset  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("_pipeline_conftest", Path(__file__).parent / "pipeline" / "conftest.py")
@@ -98,3 +103,36 @@ def test_dedup_dataset(ray_cluster, tmp_path):
     assert sorted(res.ids) == ids and res.summary["engine"] == "ray"
     with pytest.raises(ValueError, match="no column 'id'"):
         dedup_dataset(ds, tmp_path / "o2")
+
+
+class _DyingEmbed(EmbedTask):
+    """Kills its own worker process (os._exit) the first time it reaches shard 1."""
+
+    def run(self, index):
+        marker = Path(self.read_dir).parent / "died-once"
+        if index == 1 and not marker.exists():
+            marker.write_text("")
+            os._exit(1)
+        return super().run(index)
+
+
+def test_a_killed_embed_actor_is_replaced_and_every_row_written_once(ray_cluster, corpora, tiny_dir, tmp_path):
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
+    runner = StageRunner(tmp_path / "stages", RayEngine(concurrency=1))
+    read = runner.run(ReadTask(corpora["small"], shard_rows=500))
+    model_id = Encoder.load(tiny_dir, device="cpu").model_id
+    embed = runner.run(_DyingEmbed(read.directory, read.shards, tiny_dir, "cpu", SHORT, model_id), [read])
+    assert (tmp_path / "stages" / "died-once").is_file()  # the actor did die mid-stage
+    rows = np.concatenate([pq.read_table(p, columns=["row"]).column("row").to_numpy() for p in embed.paths])
+    assert np.array_equal(np.sort(rows), np.arange(1_500)) and embed.rows == 1_500
+
+
+def test_a_shard_error_on_a_worker_is_one_line_naming_the_file(ray_cluster, tmp_path):
+    ids, texts = planted_texts(200, seed=9)
+    corpus = write_corpus(tmp_path / "c.parquet", ids, texts, row_group_size=100)
+    task = ReadTask(corpus, shard_rows=100)  # planned from the footer: 2 row groups of 100
+    write_corpus(corpus, ids[:150], texts[:150], row_group_size=75)  # the file changes under the run
+    with pytest.raises(CorpusError) as info:
+        StageRunner(tmp_path / "stages", RayEngine()).run(task)
+    message = str(info.value)
+    assert "\n" not in message and "c.parquet" in message and message.startswith("stage read, shard 0: ")
