@@ -281,3 +281,40 @@ def test_append_only_into_the_directory_it_was_opened_from(tmp_path):
     _build("minhash", 150, 160, index).save(tmp_path / "a", overwrite=True)
     back = open_index(tmp_path / "a", verify=True)
     assert back.count == 160 and back.ids == index.ids
+
+
+@pytest.mark.parametrize("kind", ["lsh", "minhash"])
+def test_index_written_before_shards_opens_and_appends(tmp_path, kind):
+    """format_version 1 directories (LSH vectors in index.faiss, MinHash signatures in signatures.npy)."""
+    import faiss
+
+    index = _build(kind, 0, 300)
+    index.save(tmp_path / "i")
+    d = tmp_path / "i"
+    manifest = json.loads((d / "manifest.json").read_text())
+    shard = d / ("vectors-000000.npy" if kind == "lsh" else "signatures-000000.npy")
+    if kind == "lsh":
+        flat = faiss.IndexFlatIP(8)
+        flat.add(np.load(shard))
+        old_name = "index.faiss"
+        faiss.write_index(flat, str(d / old_name))
+        shard.unlink()
+    else:
+        old_name = "signatures.npy"
+        shard.rename(d / old_name)
+    del manifest["files"][shard.name]
+    manifest["files"][old_name] = store_module._file_entry(d / old_name)
+    manifest["format_version"] = 1
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    old = open_index(d, verify=True)
+    assert old.ids == index.ids
+    before = (d / old_name).stat().st_ino, (d / old_name).stat().st_mtime_ns
+    _build(kind, 300, 400, old).save(d, overwrite=True)
+    assert ((d / old_name).stat().st_ino, (d / old_name).stat().st_mtime_ns) == before
+    back, single = open_index(d, verify=True), _build(kind, 0, 400)
+    assert back.ids == single.ids
+    if kind == "lsh":
+        q = _vectors(1000, seed=7)[:400:20]
+        assert back.range_search(q, 0.9).ids == single.range_search(q, 0.9).ids
+    else:
+        assert back.range_search(_texts(0, 40)).ids == single.range_search(_texts(0, 40)).ids
