@@ -16,7 +16,7 @@ Without a threshold the legacy defaults (8 tables x 16 bits, 1 flip: recall 0.99
 0.055 at 0.41) apply, and `VectorIndex.range_search` refuses a threshold below the lowest cosine the
 settings serve with that recall (`min_cosine`), instead of silently missing pairs.
 
-Files: ``lsh_rotation.npy`` (the projection) and the float vectors as shards ``vectors-NNNNNN.npy`` (one
+Files: ``lsh_rotation.npy`` (the projection) and the float vectors as shards ``vectors-NNNNNN-XXXXXXXX.npy`` (one
 per `add`; `reformer_retrieval.indexes.shards`; indexes written before shards hold one ``index.faiss``,
 ``IndexFlatIP``). Removed rows stay as tombstones; the buckets are rebuilt from the vectors on first
 search after loading.

@@ -16,7 +16,7 @@
   exactly by Gauss-Legendre quadrature.
 * `MinHashIndex` buckets every band of every signature; `candidate_pairs` lists all pairs sharing a
   bucket (for dedup), `range_search` / `search` answer text queries by estimated Jaccard. Signatures
-  are kept as shards (one per `add`, ``signatures-NNNNNN.npy``; `reformer_retrieval.indexes.shards`):
+  are kept as shards (one per `add`, ``signatures-NNNNNN-XXXXXXXX.npy``; `reformer_retrieval.indexes.shards`):
   ``index add`` writes only the new shard, and band keys are computed on the first query.
 """
 

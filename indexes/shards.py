@@ -2,8 +2,8 @@
 
 An index that only ever appends rows (`BinaryLSHIndex` vectors, `MinHashIndex` signatures) keeps them
 as a `ShardedArray`. Saving into the directory the index was opened from writes only the shards added
-since (``PREFIX-NNNNNN.npy``, numbered in row order) and leaves every existing shard file untouched, so
-``k`` successive ``index add`` runs cost the size of what they add, not ``k`` times the whole index
+since (``PREFIX-NNNNNN-XXXXXXXX.npy``, numbered in row order) and leaves every existing shard file
+untouched, so ``k`` successive ``index add`` runs cost the size of what they add, not ``k`` times the whole index
 (see `reformer_retrieval.indexes.store.save_index`). Loading maps each shard read-only (``mmap_mode``):
 opening an index to add to it does not read the stored rows; the shards are concatenated once, on first
 use (`ShardedArray.array`). Files are plain ``.npy`` (no pickle).
@@ -12,6 +12,7 @@ use (`ShardedArray.array`). Files are plain ``.npy`` (no pickle).
 from __future__ import annotations
 
 import re
+import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -79,7 +80,9 @@ class ShardedArray:
 
     # ------------------------------------------------------------------ files
     def _name(self, position: int) -> str:
-        return f"{self.prefix}-{position:06d}.npy"
+        """``PREFIX-NNNNNN-XXXXXXXX.npy``: the row order, and a random tag so that two writers appending to
+        the same directory at once never replace each other's shard (the last manifest wins, consistently)."""
+        return f"{self.prefix}-{position:06d}-{secrets.token_hex(4)}.npy"
 
     def write_all(self, directory: Path) -> list[str]:
         """Write every shard into ``directory`` (a fresh folder); returns the file names, in order."""
@@ -144,6 +147,6 @@ class ShardedArray:
     @staticmethod
     def names_in(files: Sequence[str], prefix: str) -> list[str]:
         """The shard files of ``prefix`` among ``files`` (a manifest's), in row order."""
-        pattern = re.compile(rf"{re.escape(prefix)}-(\d+)\.npy")
+        pattern = re.compile(rf"{re.escape(prefix)}-(\d+)(?:-[0-9a-f]+)?\.npy")
         found = [(int(m.group(1)), f) for f in files if (m := pattern.fullmatch(f))]
         return [f for _, f in sorted(found)]
