@@ -245,7 +245,7 @@ def test_encode_parquet_bad_corpus_leaves_no_output(tmp_path, encoder):
     assert summary.documents == 1 and summary.skip_reasons == {"duplicate id": 1}
 
 
-def test_interrupted_run_resumes_to_identical_output(tmp_path, tiny_dir, monkeypatch):
+def test_interrupted_run_resumes_to_identical_output(tmp_path, tiny_dir, monkeypatch, capsys):
     src = tmp_path / "corpus.parquet"
     _corpus(src, n=30)
     ref = tmp_path / "ref.parquet"
@@ -273,8 +273,12 @@ def test_interrupted_run_resumes_to_identical_output(tmp_path, tiny_dir, monkeyp
         enc.encode_parquet(src, dst, show_progress=False, part_docs=4)
     with pytest.raises(CorpusError, match="other settings \\(part_docs"):
         enc.encode_parquet(src, dst, show_progress=False, part_docs=5, resume=True)
-    summary = enc.encode_parquet(src, dst, show_progress=False, part_docs=4, resume=True)
+    capsys.readouterr()
+    summary = enc.encode_parquet(src, dst, show_progress=True, part_docs=4, resume=True)
     assert summary.parts_resumed == len(done)
+    reused = 4 * len(done)
+    assert (f"resuming {dst}: reusing {len(done)} finished part(s) ({reused} documents, {reused} rows) from "
+            f"{parts}; {30 - reused} rows left") in capsys.readouterr().err
     assert dst.read_bytes() != b"" and not parts.exists()
     a, b = read_embeddings(ref), read_embeddings(dst)
     assert a.ids == b.ids and np.array_equal(a.vectors, b.vectors)
