@@ -1,10 +1,12 @@
-"""Stage ``read``: a Parquet corpus -> shards of ``row`` (int64 row id), ``id``, ``text``, ``length``, ``skip_reason``.
+"""Stage ``read``: a corpus -> shards of ``row`` (int64 row id), ``id``, ``text``, ``length``, ``skip_reason``.
 
-The corpus is opened with ``pyarrow.dataset``: a file, a directory of shards (hive partitions too; hidden
-and ``_``-prefixed entries ignored), a glob, or a URI of any filesystem pyarrow has (``file://``, ``s3://``,
-``gs://``). Files are taken in sorted path order and cut at row-group boundaries into shards of about
-``shard_rows`` rows; a row's id is its position in the corpus (file offsets come from the Parquet footers,
-so every shard knows its rows without reading the others). The id table (``row`` -> ``id``) is the
+The corpus is a file, a directory of shards (hive partitions too; hidden and ``_``-prefixed entries
+ignored), a glob, or a URI: local sources hold Parquet, JSON Lines or CSV files (plain or compressed, as
+`reformer_retrieval.corpus_formats` reads them), other filesystems pyarrow has (``s3://``, ``gs://``) Parquet
+files found by ``pyarrow.dataset``. Files are taken in sorted path order; Parquet files are cut at
+row-group boundaries into shards of about ``shard_rows`` rows, a JSON Lines / CSV file is one shard. A
+row's id is its position in the corpus (Parquet offsets come from the footers, so every shard knows its
+rows without reading the others; a JSON Lines / CSV file is counted once when the run is planned). The id table (``row`` -> ``id``) is the
 ``row``/``id`` columns of this stage's output.
 
 Rows with a null id or a null / empty / whitespace-only / non-UTF-8 text are kept with their
@@ -14,10 +16,8 @@ stages read only rows whose ``skip_reason`` is null. `check_unique_ids` refuses 
 
 from __future__ import annotations
 
-import glob as _glob
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -99,20 +99,22 @@ class ShardSpec:
 
 
 def open_corpus(source: str | os.PathLike[str]) -> tuple[pafs.FileSystem, list[str]]:
-    """The filesystem and the sorted Parquet file paths of ``source`` (file, directory, glob or URI)."""
+    """The filesystem and the sorted corpus file paths of ``source``.
+
+    Local sources (a path, a glob, a ``file://`` URI) go through
+    `reformer_retrieval.corpus_formats.resolve_sources` (Parquet, JSON Lines and CSV files; hidden and
+    ``_``-prefixed entries of a directory ignored); other URIs (``s3://``, ``gs://``, ...) through
+    ``pyarrow.dataset`` discovery of their Parquet files (hive partitions included).
+    """
     text = os.fspath(source)
-    if "://" in text:
-        try:
-            fs, root = pafs.FileSystem.from_uri(text)
-        except (pa.ArrowException, ValueError) as exc:
-            raise CorpusError(f"{text}: cannot open ({_first_line(exc)})") from None
-    else:
-        fs, root = pafs.LocalFileSystem(), str(Path(text).absolute())
-        if _glob.has_magic(text):
-            files = sorted(str(Path(p).absolute()) for p in _glob.glob(text, recursive=True) if Path(p).is_file())
-            if not files:
-                raise CorpusError(f"corpus pattern {text!r} matches no file")
-            return fs, files
+    if "://" not in text or text.startswith("file://"):
+        from reformer_retrieval.corpus_formats import resolve_sources
+
+        return pafs.LocalFileSystem(), [str(p.absolute()) for p in resolve_sources(text)]
+    try:
+        fs, root = pafs.FileSystem.from_uri(text)
+    except (pa.ArrowException, ValueError) as exc:
+        raise CorpusError(f"{text}: cannot open ({_first_line(exc)})") from None
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.NotFound:
         raise CorpusError(f"corpus {text}: no such file or directory")
@@ -127,6 +129,14 @@ def open_corpus(source: str | os.PathLike[str]) -> tuple[pafs.FileSystem, list[s
     if not files:
         raise CorpusError(f"corpus directory {text} holds no *.parquet file")
     return fs, files
+
+
+def _is_parquet(fs: pafs.FileSystem, path: str) -> bool:
+    if not isinstance(fs, pafs.LocalFileSystem):
+        return True  # remote sources: Parquet only (see open_corpus)
+    from reformer_retrieval.corpus_formats import detect_format
+
+    return detect_format(path).kind == "parquet"
 
 
 def plan_shards(
@@ -144,6 +154,26 @@ def plan_shards(
     offset = 0
     id_kind = None
     for path in files:
+        if not _is_parquet(fs, path):
+            from reformer_retrieval.corpus_formats import count_file_rows, read_file_schema, resolve_field
+
+            schema = read_file_schema(path)
+            rows = count_file_rows(path) if schema is not None else 0
+            if schema is not None:
+                for column, role in ((id_column, "id"), (text_column, "text")):
+                    if resolve_field(schema, column) is None:
+                        have = ", ".join(repr(n) for n in schema.names) or "none"
+                        raise CorpusError(f"{path}: no {role} column {column!r}; the file has columns: {have}")
+                kind = "int" if pa.types.is_integer(resolve_field(schema, id_column)[1]) else "str"
+                if id_kind is None:
+                    id_kind = kind
+                elif kind != id_kind:
+                    raise CorpusError(f"{path}: id column {id_column!r} holds {kind} ids but earlier files hold "
+                                      f"{id_kind} ids")
+            if rows:
+                shards.append(ShardSpec(path, (), offset, rows))
+                offset += rows
+            continue
         try:
             fragment = fmt.make_fragment(path, filesystem=fs)
             metadata = fragment.metadata
@@ -199,16 +229,24 @@ class ReadTask(ShardTask):
     def run(self, index: int) -> tuple[pa.Table, dict[str, Any]]:
         """Rows of shard ``index`` with their row ids and skip reasons."""
         spec = self.shards[index]
-        fmt = pads.ParquetFileFormat()
-        try:
-            fragment = fmt.make_fragment(spec.path, filesystem=self.filesystem, row_groups=list(spec.row_groups))
-            table = fragment.to_table(columns=[self.id_column, self.text_column])
-        except (pa.ArrowException, OSError, ValueError) as exc:
-            raise CorpusError(f"{spec.path}: cannot read rows {spec.start - self._file_start(index)}.. "
-                              f"({_first_line(exc)})") from None
+        if not spec.row_groups:  # a JSON Lines / CSV file, whole
+            from reformer_retrieval.corpus_formats import scan_file
+
+            batches = list(scan_file(spec.path, {self.id_column: self.id_column, self.text_column: self.text_column},
+                                     batch_size=65_536))
+            table = pa.Table.from_batches(batches) if batches else pa.table({self.id_column: [], self.text_column: []})
+        else:
+            fmt = pads.ParquetFileFormat()
+            try:
+                fragment = fmt.make_fragment(spec.path, filesystem=self.filesystem, row_groups=list(spec.row_groups))
+                table = fragment.to_table(columns=[self.id_column, self.text_column])
+            except (pa.ArrowException, OSError, ValueError) as exc:
+                raise CorpusError(f"{spec.path}: cannot read rows {spec.start - self._file_start(index)}.. "
+                                  f"({_first_line(exc)})") from None
         if table.num_rows != spec.rows:
-            raise CorpusError(f"{spec.path}: holds {table.num_rows} rows in row groups {list(spec.row_groups)}, "
-                              f"its footer said {spec.rows} (the file changed during the run?)")
+            where = f"in row groups {list(spec.row_groups)}" if spec.row_groups else "in all"
+            raise CorpusError(f"{spec.path}: holds {table.num_rows} rows {where}, it held {spec.rows} when the run "
+                              "was planned (the file changed during the run?)")
         ids = table.column(self.id_column).to_pylist()
         texts = table.column(self.text_column).to_pylist()
         reasons: list[str | None] = []

@@ -176,3 +176,22 @@ def test_star_edges_alone_verify_a_subset_of_star_and_path(tmp_path):
     assert pairs[0] < pairs[1] and star.summary["edges"] == "star"
     with pytest.raises(ValueError, match="edges must be one of"):
         dedup_pipeline(corpus, tmp_path / "x", method="minhash", edges="all")
+
+
+def test_json_lines_and_csv_corpora_give_the_parquet_clusters(tmp_path):
+    import gzip
+
+    ids, texts = planted_texts(800, seed=10)
+    parquet = write_corpus(tmp_path / "c.parquet", ids, texts)
+    (tmp_path / "jl").mkdir()
+    with gzip.open(tmp_path / "jl" / "a.jsonl.gz", "wt") as fh:
+        for i, t in zip(ids[:500], texts[:500]):
+            fh.write(json.dumps({"meta": {"id": i}, "body": t}) + "\n")
+    with open(tmp_path / "jl" / "b.csv", "w") as fh:
+        fh.write("meta.id,body\n" + "".join(f"{i},{t}\n" for i, t in zip(ids[500:], texts[500:])))
+    want = dedup_pipeline(parquet, tmp_path / "p", method="minhash", threshold=0.5)
+    got = dedup_pipeline(tmp_path / "jl", tmp_path / "j", method="minhash", threshold=0.5, id_column="meta.id",
+                         text_column="body")
+    assert got.ids == want.ids and np.array_equal(got.cluster_id, want.cluster_id)
+    with pytest.raises(CorpusError, match=r"a\.jsonl\.gz: no text column 'text'"):
+        dedup_pipeline(tmp_path / "jl", tmp_path / "x", id_column="meta.id")
