@@ -76,14 +76,17 @@ bundled one, or --model DIR; another model's default is refused: give --threshol
               help="GPUs per encoder actor with --engine ray.")
 @click.option("--bucket-cap", type=click.IntRange(min=2), default=10_000, show_default=True,
               help="Staged engines: LSH buckets larger than this are reported in summary.json (never dropped).")
+@click.option("--components", "components_mode", type=click.Choice(["single", "rounds"]), default="single",
+              show_default=True, help="Staged engines: connected components in one task (SciPy, all edges in one "
+              "process) or in large-star / small-star rounds over edge partitions (same clusters).")
 @click.option("--show", type=click.IntRange(min=0), default=10, show_default=True,
               help="Clusters to print (0: none).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def dedup(input_path: str, output: Path, method: str, threshold: float | None, minhash_threshold: float | None,
           index_kind: str, k: int, keep: str, corpus: str | None, model: Path | None, device: str, id_column: str,
           text_column: str, num_perm: int, shingle: str, ngram: int, threads: int | None, exclude_pairs: Path | None,
-          resume: bool, engine: str, ray_address: str | None, gpus_per_actor: float, bucket_cap: int, show: int,
-          quiet: bool) -> None:
+          resume: bool, engine: str, ray_address: str | None, gpus_per_actor: float, bucket_cap: int,
+          components_mode: str, show: int, quiet: bool) -> None:
     """Find near-duplicate clusters in INPUT and write them to OUT_DIR."""
     from reformer_retrieval.cli.errors import reported_as_click_errors
     from reformer_retrieval.indexes import IndexInputError, set_threads
@@ -115,7 +118,7 @@ def dedup(input_path: str, output: Path, method: str, threshold: float | None, m
                     raise click.UsageError(f"--engine {engine} takes a corpus INPUT (no --corpus, --exclude-pairs)")
                 result = _staged(input_path, output, engine, ray_address, gpus_per_actor, method=method, model=model,
                                  device=device, id_column=id_column, text_column=text_column, bucket_cap=bucket_cap,
-                                 show_progress=not quiet, **options)
+                                 components_mode=components_mode, show_progress=not quiet, **options)
             elif is_embeddings:
                 result = dedup_embeddings(input_path, output, corpus=corpus, id_column=id_column,
                                           text_column=text_column, method=method, model_dir=model,

@@ -64,6 +64,10 @@ def test_minhash_ray_equals_local(ray_cluster, corpora, tmp_path):
         assert remote.summary["engine"] == "ray" and local.summary["engine"] == "local"
         assert remote.summary["duplicate_clusters"] > 20
     assert pq.read_table(tmp_path / "big-ray" / "clusters.parquet").num_rows == 20_000
+    # large-star / small-star rounds on Ray: the same clusters as SciPy's single task
+    dedup_pipeline(corpora["big"], tmp_path / "big-rounds", method="minhash", shard_rows=5_000, threshold=0.5,
+                   engine=RayEngine(), components_mode="rounds")
+    _same_outputs(tmp_path / "big-local", tmp_path / "big-rounds")
 
 
 def test_embedding_and_hybrid_ray_equal_local(ray_cluster, corpora, tiny_dir, tmp_path):

@@ -49,6 +49,7 @@ from reformer_retrieval.pipeline.embed import EmbedTask
 from reformer_retrieval.pipeline.read import DEFAULT_SHARD_ROWS, ReadTask, check_unique_ids
 from reformer_retrieval.pipeline.runner import Engine, StageInfo, StageRunner
 from reformer_retrieval.pipeline.sketch import SketchTask, to_matrix
+from reformer_retrieval.pipeline.star_rounds import star_components
 from reformer_retrieval.pipeline.verify import VerifyTask
 
 __all__ = ["PIPELINE_INDEXES", "dedup_pipeline"]
@@ -84,6 +85,7 @@ def dedup_pipeline(
     max_bands: int = DEFAULT_MAX_BANDS,
     bucket_cap: int = DEFAULT_BUCKET_CAP,
     edges: str = "star+path",
+    components_mode: str = "single",
     shard_rows: int = DEFAULT_SHARD_ROWS,
     show_progress: bool = False,
 ) -> DedupResult:
@@ -101,6 +103,9 @@ def dedup_pipeline(
         bucket_cap: Buckets larger than this are reported in the summary (still linked, never dropped).
         edges: What a bucket of ``k`` members emits: ``"star+path"`` (star to its smallest member plus the
             path through its members in row order, at most ``2 (k - 1)`` edges) or ``"star"`` (``k - 1``).
+        components_mode: ``"single"``: one task runs SciPy's connected components over every verified edge
+            (memory O(edges) on one machine); ``"rounds"``: large-star / small-star rounds over edge
+            partitions (`reformer_retrieval.pipeline.star_rounds`), no task holding every edge. Same clusters.
         shard_rows: Rows per read shard (shards follow Parquet row groups).
         Other arguments: as `reformer_retrieval.dedup.find_duplicates` / `dedup_corpus`.
 
@@ -110,6 +115,8 @@ def dedup_pipeline(
     t_total = time.perf_counter()
     if method not in METHODS:
         raise ValueError(f"unknown dedup method {method!r}; choose one of {', '.join(METHODS)}")
+    if components_mode not in ("single", "rounds"):
+        raise ValueError(f"components_mode must be 'single' or 'rounds', got {components_mode!r}")
     if keep not in KEEP_POLICIES:
         raise ValueError(f"unknown keep policy {keep!r}; choose one of {', '.join(KEEP_POLICIES)}")
     use_emb, use_lex = method in ("embedding", "hybrid"), method in ("minhash", "hybrid")
@@ -173,11 +180,18 @@ def dedup_pipeline(
     verify = runner.run(VerifyTask(
         [str(p) for p in candidates.paths], n_dst, ranges, None if sketch is None else sketch.directory,
         None if embed is None else embed.directory, emb_t, lex_t, num_perm), [candidates, *feature_stages])
-    components = runner.run(ComponentsTask([str(p) for p in read.paths], [str(p) for p in verify.paths]), [verify])
+    if components_mode == "single":
+        components = runner.run(ComponentsTask([str(p) for p in read.paths], [str(p) for p in verify.paths]),
+                                [verify])
+    else:
+        components = star_components(runner, read, verify)
 
     t0 = time.perf_counter()
     result = _assemble(read, components, verify, embed, keep, method)
-    seconds = runner.seconds()
+    seconds: dict[str, float] = {}
+    for name, value in runner.seconds().items():  # the rounds' stages (cc-...) count as components
+        key = "components" if name.startswith("cc-") else name
+        seconds[key] = round(seconds.get(key, 0.0) + value, 3)
     seconds["clusters"] = round(time.perf_counter() - t0, 3)
     oversized = [o for r in candidates.reports for o in r.get("oversized", [])]
     n = len(result.ids)
@@ -205,6 +219,7 @@ def dedup_pipeline(
                      "rows": mh_params["rows"]} if mh_params else None),
         "srp": srp,
         "edges": edges,
+        "components": components_mode,
         "bucket_cap": bucket_cap,
         "oversized_buckets": {"count": int(sum(int(r.get("oversized_count", 0)) for r in candidates.reports)),
                               "largest": sorted(oversized, key=lambda o: -o["size"])[:20]},

@@ -123,7 +123,8 @@ def test_dedup_staged_engines_match_memory(tmp_path, corpus, engine):
         pytest.importorskip("ray.data", reason="the ray extra is not installed: pip install 'reformer-retrieval[ray]'")
     args = ["dedup", str(corpus), "--method", "minhash", "--threshold", "0.5", "-q"]
     mem = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "mem")])
-    staged = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / engine), "--engine", engine])
+    staged = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / engine), "--engine", engine,
+                                      *(["--components", "rounds"] if engine == "ray" else [])])
     assert mem.exit_code == 0 and staged.exit_code == 0, staged.output
     assert "5 documents -> 3 clusters (1 with duplicates)" in staged.output
     clusters = [pq.read_table(tmp_path / d / "clusters.parquet") for d in ("mem", engine)]
@@ -132,6 +133,7 @@ def test_dedup_staged_engines_match_memory(tmp_path, corpus, engine):
     assert pq.read_table(tmp_path / engine / "pairs.parquet").equals(pq.read_table(tmp_path / "mem" / "pairs.parquet"))
     summary = json.loads((tmp_path / engine / "summary.json").read_text())
     assert summary["engine"] == engine and (tmp_path / engine / "stages" / "verify" / "_SUCCESS.json").is_file()
+    assert summary["components"] == ("rounds" if engine == "ray" else "single")
     if engine == "ray":
         import ray
 
