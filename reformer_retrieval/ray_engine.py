@@ -14,9 +14,10 @@
 Where the work lies: band grouping is a shuffle through Parquet (each ``bands`` shard is written sorted by
 candidate partition with one row group per partition, each ``candidates`` task reads its partition from
 every shard by a filtered read), not Ray's ``groupby``, because it must give the same edges as the local
-engine and resume per shard. The ``components`` stage runs as one task on one worker, which reads every
-verified edge (memory O(edges) on that worker; the edges are not gathered through the driver, but they must
-fit one machine); distributed large-star / small-star rounds are not implemented.
+engine and resume per shard. The ``components`` stage runs by default as one task on one worker, which
+reads every verified edge (memory O(edges) on that worker; the edges are not gathered through the driver,
+but they must fit one machine); ``components_mode="rounds"`` runs large-star / small-star rounds over edge
+partitions instead (`reformer_retrieval.pipeline.star_rounds`), with the same clusters.
 """
 
 from __future__ import annotations
