@@ -211,6 +211,23 @@ class ReformerEncoder(nn.Module):
             "lexical": (slice(cfg.context_dim, cfg.embedding_dim), cfg.ngram_weight),
         }
 
+    def channel_record(self) -> dict[str, dict[str, Any]]:
+        """What each channel of the embedding is, for ``training.json`` and reports: its columns, share of the
+        cosine and a one-line description."""
+        cfg = self.config
+        pooling = (f"mean of per-window vectors ({cfg.context_window}-token windows)" if cfg.context_window
+                   else "one mean over the document's token states")
+        describe = {
+            "contextual": f"the Reformer's token states ({cfg.n_layers} layers), {pooling}, projected and normalised",
+            "lexical": (f"hashed {cfg.ngram_size}-token n-grams in {cfg.ngram_buckets:,} buckets, {cfg.ngram_tf} term "
+                        f"frequency x learned idf weights, {cfg.ngram_projection} to {cfg.ngram_dim} dimensions; "
+                        "no neural network"),
+        }
+        return {
+            name: {"columns": [columns.start, columns.stop], "share": round(share, 6), "what": describe[name]}
+            for name, (columns, share) in self.channels().items()
+        }
+
     # ------------------------------------------------------------------ identity and persistence
     @property
     def model_id(self) -> str:

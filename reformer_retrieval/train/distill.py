@@ -272,7 +272,8 @@ def distil(config: DistillConfig, out: str | Path, resume: bool = False, log: An
     save()
     model.eval()
     final = out / "model"
-    record = {"stage": "distill", "config": asdict(config), "steps_done": step, "crops": len(crops),
+    record = {"stage": "distill", "channels": model.channel_record(), "config": asdict(config), "steps_done": step,
+              "crops": len(crops),
               "teacher_plan": asdict(plan), "history": history}
     model.save_pretrained(final, tokenizer=tokenizer, training=record)
     return final

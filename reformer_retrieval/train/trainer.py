@@ -748,6 +748,7 @@ class Trainer:
                 f"{max(p.max_tokens for p in cfg.curriculum)} tokens"
             ),
             "tokenizer": self.tokenizer.to_dict(),
+            "channels": self.model.channel_record(),
             "config": cfg.to_dict(),
         }
 

@@ -117,3 +117,16 @@ def test_distillation_lowers_the_holdout_loss_and_resumes(tmp_path: Path, one_th
     distil(longer, tmp_path / "run", resume=True, log=logs.append)
     assert any("resumed at step 30" in line for line in logs)
     assert json.loads((tmp_path / "run" / "model" / "training.json").read_text())["steps_done"] == 34
+
+
+def test_channel_record_names_both_channels() -> None:
+    config = ReformerConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, embedding_dim=24, chunk_size=16,
+                            max_len=4096, axial_pos_shape=(64, 64), ngram_size=3, ngram_buckets=512, ngram_dim=8,
+                            ngram_weight=0.75)
+    record = ReformerEncoder(config).channel_record()
+    assert record["contextual"]["columns"] == [0, 16] and record["lexical"]["columns"] == [16, 24]
+    assert (record["contextual"]["share"], record["lexical"]["share"]) == (0.25, 0.75)
+    assert "no neural network" in record["lexical"]["what"] and "Reformer" in record["contextual"]["what"]
+    shipped = load_model(Path(__file__).resolve().parents[2] / "reformer_retrieval" / "assets" / "default")
+    assert json.loads((Path(__file__).resolve().parents[2] / "reformer_retrieval" / "assets" / "default"
+                       / "training.json").read_text())["channels"] == shipped.channel_record()
