@@ -197,6 +197,8 @@ def plan_shards(
         if groups and rows:
             shards.append(ShardSpec(path, tuple(groups), offset, rows))
             offset += rows
+    if not shards:  # no rows at all: one empty shard, so every later stage has a (typed, empty) input
+        shards.append(ShardSpec(files[0], (), 0, 0))
     return fs, shards, id_kind or "str"
 
 
@@ -229,6 +231,9 @@ class ReadTask(ShardTask):
     def run(self, index: int) -> tuple[pa.Table, dict[str, Any]]:
         """Rows of shard ``index`` with their row ids and skip reasons."""
         spec = self.shards[index]
+        if spec.rows == 0:
+            empty = read_stage_columns(self.id_kind).empty_table()
+            return empty, {"start": 0, "stop": 0, "file": spec.path, "skipped": 0}
         if not spec.row_groups:  # a JSON Lines / CSV file, whole
             from reformer_retrieval.corpus_formats import scan_file
 

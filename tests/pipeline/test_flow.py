@@ -195,3 +195,15 @@ def test_json_lines_and_csv_corpora_give_the_parquet_clusters(tmp_path):
     assert got.ids == want.ids and np.array_equal(got.cluster_id, want.cluster_id)
     with pytest.raises(CorpusError, match=r"a\.jsonl\.gz: no text column 'text'"):
         dedup_pipeline(tmp_path / "jl", tmp_path / "x", id_column="meta.id")
+
+
+@pytest.mark.parametrize("texts", [[], ["", None], ["just one document"]])
+def test_tiny_corpora(tmp_path, texts):
+    corpus = write_corpus(tmp_path / "c.parquet", [f"d{i}" for i in range(len(texts))], texts)
+    for mode in ("single", "rounds"):
+        res = dedup_pipeline(corpus, tmp_path / mode, method="minhash", components_mode=mode)
+        n = int(texts == ["just one document"])
+        assert res.summary["documents"] == res.summary["clusters"] == n
+        assert res.summary["skipped_rows"] == len(texts) - n
+        assert pq.read_table(tmp_path / mode / "clusters.parquet").num_rows == n
+        assert pq.read_table(tmp_path / mode / "pairs.parquet").num_rows == 0
