@@ -199,7 +199,9 @@ def test_json_lines_and_csv_corpora_give_the_parquet_clusters(tmp_path):
 
 @pytest.mark.parametrize("texts", [[], ["", None], ["just one document"]])
 def test_tiny_corpora(tmp_path, texts):
-    corpus = write_corpus(tmp_path / "c.parquet", [f"d{i}" for i in range(len(texts))], texts)
+    corpus = tmp_path / "c.parquet"
+    pq.write_table(pa.table({"id": pa.array([f"d{i}" for i in range(len(texts))], pa.string()),
+                             "text": pa.array(texts, pa.string())}), corpus)
     for mode in ("single", "rounds"):
         res = dedup_pipeline(corpus, tmp_path / mode, method="minhash", components_mode=mode)
         n = int(texts == ["just one document"])
