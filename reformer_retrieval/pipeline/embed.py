@@ -46,8 +46,8 @@ class EmbedTask(ShardTask):
         return self._n
 
     def settings(self) -> dict[str, Any]:
-        """The model and the encoding options."""
-        return {"model_id": self.model_id, "options": self.encoder_options}
+        """The model, the encoding options and the device (vectors may differ in the last bits across devices)."""
+        return {"model_id": self.model_id, "options": self.encoder_options, "device": self.device}
 
     def setup(self) -> None:
         """Load the encoder (once per process / actor)."""

@@ -224,9 +224,12 @@ class ReadTask(ShardTask):
         return len(self.shards)
 
     def settings(self) -> dict[str, Any]:
-        """The shard plan and the columns (a changed corpus file changes its footer's row counts)."""
+        """The shard plan, the columns, and each file's size and modification time (a changed file is read again)."""
+        paths = sorted({s.path for s in self.shards})
+        stamps = [(i.size, i.mtime_ns) for i in self.filesystem.get_file_info(paths)]
         return {"columns": [self.id_column, self.text_column], "id_kind": self.id_kind,
-                "shards": [(s.path, list(s.row_groups), s.start, s.rows) for s in self.shards]}
+                "shards": [(s.path, list(s.row_groups), s.start, s.rows) for s in self.shards],
+                "files": dict(zip(paths, stamps))}
 
     def run(self, index: int) -> tuple[pa.Table, dict[str, Any]]:
         """Rows of shard ``index`` with their row ids and skip reasons."""

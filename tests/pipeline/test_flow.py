@@ -209,3 +209,17 @@ def test_tiny_corpora(tmp_path, texts):
         assert res.summary["skipped_rows"] == len(texts) - n
         assert pq.read_table(tmp_path / mode / "clusters.parquet").num_rows == n
         assert pq.read_table(tmp_path / mode / "pairs.parquet").num_rows == 0
+
+
+def test_a_rewritten_corpus_file_is_read_again(tmp_path):
+    ids, texts = planted_texts(300, seed=13)
+    corpus = write_corpus(tmp_path / "c.parquet", ids, texts)
+    first = dedup_pipeline(corpus, tmp_path / "o", method="minhash", threshold=0.5)
+    texts = [t.upper() if i == 0 else t for i, t in enumerate(texts)]
+    texts[1] = "a different document"  # same row count, other content
+    write_corpus(corpus, ids, texts)
+    second = dedup_pipeline(corpus, tmp_path / "o", method="minhash", threshold=0.5)
+    assert first.summary["clusters"] != second.summary["clusters"] or not np.array_equal(
+        first.cluster_id, second.cluster_id)
+    read = pq.read_table(tmp_path / "o" / "stages" / "read" / "part-00000.parquet")
+    assert read.column("text")[1].as_py() == "a different document"
