@@ -11,8 +11,9 @@ Flat tasks (``index="flat"``, one per embed shard): every pair with FAISS inner 
 between the shard's vectors and all vectors (an exact range search, as `find_duplicates` does today; the
 index of all vectors is loaded once per process or actor).
 
-Output shards hold ``a < b`` (int64 row ids) and ``dst`` (the verify partition, from a hash of ``a``),
-unique within the shard, sorted by ``dst`` with one row group per value.
+Output shards hold ``a < b`` (int64 row ids) and ``dst`` (the read shard holding ``a``: the ``verify``
+stage joins each side's features shard by shard), unique within the shard, sorted by ``dst`` with one row
+group per value.
 """
 
 from __future__ import annotations
@@ -65,15 +66,22 @@ def star_edges(groups: np.ndarray, rows: np.ndarray, path: bool = True) -> tuple
     return np.concatenate([a[keep], prev[chain]]), np.concatenate([r[keep], r[chain]]), sizes
 
 
-def edge_table(a: np.ndarray, b: np.ndarray, n_dst: int) -> pa.Table:
-    """Unique edges ``(min, max)`` without self-loops, with their verify partition, sorted by it."""
+def edge_table(a: np.ndarray, b: np.ndarray, n_dst: int, starts: np.ndarray | None = None) -> pa.Table:
+    """Unique edges ``(min, max)`` without self-loops, with their partition ``dst``, sorted by it.
+
+    ``dst`` is the read shard holding ``min`` when ``starts`` (each shard's first row id) is given, else a
+    hash of ``min`` modulo ``n_dst``.
+    """
     lo, hi = np.minimum(a, b).astype(np.int64), np.maximum(a, b).astype(np.int64)
     keep = lo != hi
     lo, hi = lo[keep], hi[keep]
     if len(lo):
         pairs = np.unique(np.stack([lo, hi], axis=1), axis=0)
         lo, hi = pairs[:, 0], pairs[:, 1]
-    dst = (_mix(lo.astype(np.uint64)) % np.uint64(max(1, n_dst))).astype(np.int32)
+    if starts is not None:
+        dst = (np.searchsorted(np.asarray(starts), lo, side="right") - 1).astype(np.int32)
+    else:
+        dst = (_mix(lo.astype(np.uint64)) % np.uint64(max(1, n_dst))).astype(np.int32)
     order = np.lexsort((hi, lo, dst))
     return pa.table({"a": lo[order], "b": hi[order], "dst": dst[order]})
 
@@ -84,13 +92,14 @@ class CandidatesTask(ShardTask):
     name = "candidates"
     row_group_key = "dst"
 
-    def __init__(self, bands_paths: list[str], n_parts: int, n_dst: int, bucket_cap: int = DEFAULT_BUCKET_CAP,
-                 embed_paths: list[str] | None = None, flat_threshold: float | None = None,
-                 edges: str = "star+path") -> None:
+    def __init__(self, bands_paths: list[str], n_parts: int, shard_starts: list[int],
+                 bucket_cap: int = DEFAULT_BUCKET_CAP, embed_paths: list[str] | None = None,
+                 flat_threshold: float | None = None, edges: str = "star+path") -> None:
         if edges not in EDGE_MODES:
             raise ValueError(f"edges must be one of {', '.join(EDGE_MODES)}, got {edges!r}")
         self.edges = edges
-        self.bands_paths, self.n_parts, self.n_dst = [str(p) for p in bands_paths], int(n_parts), int(n_dst)
+        self.shard_starts = [int(x) for x in shard_starts]
+        self.bands_paths, self.n_parts, self.n_dst = [str(p) for p in bands_paths], int(n_parts), len(shard_starts)
         self.bucket_cap = int(bucket_cap)
         self.embed_paths = [str(p) for p in embed_paths or []]
         self.flat_threshold = flat_threshold
@@ -104,8 +113,8 @@ class CandidatesTask(ShardTask):
 
     def settings(self) -> dict[str, Any]:
         """Partitioning, cap and flat threshold."""
-        return {"parts": self.n_parts, "dst": self.n_dst, "cap": self.bucket_cap, "flat": self.flat_threshold,
-                "edges": self.edges}
+        return {"parts": self.n_parts, "starts": self.shard_starts, "cap": self.bucket_cap,
+                "flat": self.flat_threshold, "edges": self.edges}
 
     def setup(self) -> None:
         """Build the flat index of all vectors (flat candidates only)."""
@@ -153,15 +162,15 @@ class CandidatesTask(ShardTask):
                                             "band": int(band[first]), "size": int(sizes[g]),
                                             "smallest_row": int(rows[first])})
             report["oversized_count"] = len(big)
-        return edge_table(a, b, self.n_dst), report
+        return edge_table(a, b, self.n_dst, np.asarray(self.shard_starts)), report
 
     def _flat(self, shard: int) -> tuple[pa.Table, dict[str, Any]]:
         t = pq.read_table(self.embed_paths[shard], columns=["row", "embedding"])
         q = to_matrix(t.column("embedding"), np.float32)
         own = t.column("row").to_numpy()
         if len(q) == 0 or self._state_index is None:
-            return edge_table(np.zeros(0, np.int64), np.zeros(0, np.int64), self.n_dst), {}
+            return edge_table(np.zeros(0, np.int64), np.zeros(0, np.int64), self.n_dst, np.asarray(self.shard_starts)), {}
         res = self._state_index.range_search(q, float(self.flat_threshold))
         a = own[res.query_index()]
         b = self._state_rows[np.asarray(res.rows, dtype=np.int64)]
-        return edge_table(a, b, self.n_dst), {}
+        return edge_table(a, b, self.n_dst, np.asarray(self.shard_starts)), {}

@@ -50,7 +50,7 @@ from reformer_retrieval.pipeline.read import DEFAULT_SHARD_ROWS, ReadTask, check
 from reformer_retrieval.pipeline.runner import Engine, StageInfo, StageRunner
 from reformer_retrieval.pipeline.sketch import SketchTask, to_matrix
 from reformer_retrieval.pipeline.star_rounds import star_components
-from reformer_retrieval.pipeline.verify import VerifyTask
+from reformer_retrieval.pipeline.verify import VerifyHalfTask, VerifyTask
 
 __all__ = ["PIPELINE_INDEXES", "dedup_pipeline"]
 
@@ -170,16 +170,18 @@ def dedup_pipeline(
         bands_stage = runner.run(BandsTask(
             n_shards, n_parts, None if sketch is None else sketch.directory, mh_params,
             None if embed is None or srp is None else embed.directory, srp), feature_stages)
-    n_dst = max(1, n_shards)
     flat = emb_t if use_emb and index == "flat" else None
     candidates = runner.run(CandidatesTask(
         [] if bands_stage is None else [str(p) for p in bands_stage.paths],
-        0 if bands_stage is None else bands_stage.shards, n_dst, bucket_cap,
+        0 if bands_stage is None else bands_stage.shards, [s for s, _ in ranges], bucket_cap,
         [str(p) for p in embed.paths] if embed is not None else [], flat, edges),
         [s for s in (bands_stage, embed if flat is not None else None) if s is not None])
-    verify = runner.run(VerifyTask(
-        [str(p) for p in candidates.paths], n_dst, ranges, None if sketch is None else sketch.directory,
-        None if embed is None else embed.directory, emb_t, lex_t, num_perm), [candidates, *feature_stages])
+    sketch_dir = None if sketch is None else sketch.directory
+    embed_dir = None if embed is None else embed.directory
+    half = runner.run(VerifyHalfTask([str(p) for p in candidates.paths], ranges, sketch_dir, embed_dir,
+                                     emb_t is not None, lex_t is not None), [candidates, *feature_stages])
+    verify = runner.run(VerifyTask([str(p) for p in half.paths], ranges, sketch_dir, embed_dir, emb_t, lex_t,
+                                   num_perm), [half, *feature_stages])
     if components_mode == "single":
         components = runner.run(ComponentsTask([str(p) for p in read.paths], [str(p) for p in verify.paths]),
                                 [verify])

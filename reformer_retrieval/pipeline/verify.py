@@ -10,8 +10,13 @@ The same tests as `reformer_retrieval.dedup.find_duplicates`, so kept pairs and 
 
 `exact_jaccard` intersects many pairs of sets at once: the two sets of every pair are laid side by side,
 tagged with the pair's number, sorted together, and equal neighbours with the same tag are counted, with
-no Python loop per pair. Verify task ``q`` reads the edges of partition ``q`` of every candidates shard
-and loads the signatures / shingles / vectors of just the rows those edges name.
+no Python loop per pair.
+
+The features of both ends of each edge are joined shard by shard, in two stages: ``verify-a`` task ``i``
+takes the edges whose smaller row ``a`` lies in read shard ``i`` (the candidates are partitioned that way),
+reads feature shard ``i`` once and writes each edge with ``a``'s features, partitioned by the read shard of
+``b``; ``verify`` task ``j`` reads the edges whose ``b`` lies in shard ``j``, reads feature shard ``j`` once,
+and runs the tests. Every task reads one feature shard, whatever the corpus size.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import pyarrow.parquet as pq
 from reformer_retrieval.pipeline.runner import ShardTask, shard_path
 from reformer_retrieval.pipeline.sketch import to_matrix
 
-__all__ = ["VerifyTask", "exact_jaccard", "minhash_margin", "pair_verdicts"]
+__all__ = ["VerifyHalfTask", "VerifyTask", "exact_jaccard", "minhash_margin", "pair_verdicts"]
 
 _LABELS = np.array(["minhash", "embedding", "minhash", "embedding+minhash"])
 
@@ -94,12 +99,83 @@ def pair_verdicts(cos: np.ndarray, jac: np.ndarray, cosine_t: float | None,
     return keep, score, method.tolist()
 
 
+def _shard_features(stage_dir: str, shard: int, rows: np.ndarray, columns: list[str]) -> pa.Table:
+    """``columns`` of feature shard ``shard`` at ``rows`` (in that order; every row must be there)."""
+    t = pq.read_table(shard_path(stage_dir, shard), columns=["row", *columns])
+    have = t.column("row").to_numpy()
+    pos = np.searchsorted(have, rows)
+    if len(rows) and (pos.max() >= len(have) or not np.array_equal(have[pos], rows)):
+        raise RuntimeError(f"{shard_path(stage_dir, shard)}: lacks rows the candidates name")
+    return t.select(columns).take(pa.array(pos, pa.int64()))
+
+
+class _Features:
+    """Which feature columns the tests need, and where they live."""
+
+    def __init__(self, sketch_dir: str | Path | None, embed_dir: str | Path | None, cosine: bool,
+                 jaccard: bool) -> None:
+        self.sketch_dir = None if sketch_dir is None else str(sketch_dir)
+        self.embed_dir = None if embed_dir is None else str(embed_dir)
+        self.cosine, self.jaccard = cosine, jaccard
+
+    def load(self, shard: int, rows: np.ndarray, suffix: str) -> dict[str, pa.Array]:
+        out: dict[str, pa.Array] = {}
+        if self.jaccard and self.sketch_dir is not None:
+            t = _shard_features(self.sketch_dir, shard, rows, ["signature", "shingles"])
+            out["signature" + suffix] = t.column("signature").combine_chunks()
+            out["shingles" + suffix] = t.column("shingles").combine_chunks()
+        if self.cosine and self.embed_dir is not None:
+            t = _shard_features(self.embed_dir, shard, rows, ["embedding"])
+            out["embedding" + suffix] = t.column("embedding").combine_chunks()
+        return out
+
+
+class VerifyHalfTask(ShardTask):
+    """First half of the feature join: the edges whose ``a`` lies in read shard ``i``, with ``a``'s features.
+
+    Output rows ``a, b, part`` (the read shard of ``b``) plus ``signature_a`` / ``shingles_a`` /
+    ``embedding_a`` as the tests need, sorted by ``part`` with one row group per value; each task reads one
+    feature shard and its own candidate partition.
+    """
+
+    name = "verify-a"
+    row_group_key = "part"
+
+    def __init__(self, candidate_paths: list[str], shard_ranges: list[tuple[int, int]],
+                 sketch_dir: str | Path | None, embed_dir: str | Path | None, cosine: bool, jaccard: bool) -> None:
+        self.candidate_paths = [str(p) for p in candidate_paths]
+        self.shard_ranges = [(int(s), int(e)) for s, e in shard_ranges]
+        self.features = _Features(sketch_dir, embed_dir, cosine, jaccard)
+
+    def n_shards(self) -> int:
+        """One per read shard."""
+        return len(self.shard_ranges)
+
+    def settings(self) -> dict[str, Any]:
+        """Which features travel."""
+        return {"cosine": self.features.cosine, "jaccard": self.features.jaccard}
+
+    def run(self, index: int) -> tuple[pa.Table, dict[str, Any]]:
+        """Edges of partition ``index`` with the features of their ``a`` side."""
+        t = pads.dataset(self.candidate_paths, format="parquet").to_table(
+            columns=["a", "b"], filter=pc.field("dst") == index)
+        pairs = np.stack([t.column("a").to_numpy(), t.column("b").to_numpy()], axis=1).astype(np.int64)
+        if len(pairs):
+            pairs = np.unique(pairs, axis=0)
+        starts = np.array([s for s, _ in self.shard_ranges])
+        part = (np.searchsorted(starts, pairs[:, 1], side="right") - 1).astype(np.int32)
+        order = np.lexsort((pairs[:, 1], pairs[:, 0], part))
+        pairs, part = pairs[order], part[order]
+        cols: dict[str, Any] = {"a": pairs[:, 0], "b": pairs[:, 1], "part": part}
+        cols.update(self.features.load(index, pairs[:, 0], "_a"))
+        return pa.table(cols), {"candidates": len(pairs)}
+
+
 class VerifyTask(ShardTask):
-    """Verifies the edges of candidate partition ``q`` (one task per partition).
+    """Second half of the join, and the tests: the edges whose ``b`` lies in read shard ``j``.
 
     Args:
-        candidate_paths: The candidates stage's shards.
-        n_dst: Its verify partition count.
+        half_paths: The ``verify-a`` stage's shards.
         shard_ranges: ``[start, stop)`` row ids of every read shard (shard ``i`` of sketch / embed too).
         sketch_dir, embed_dir: Feature stages (None when the method does not use them).
         cosine_threshold, jaccard_threshold: The tests (None: not applied).
@@ -108,70 +184,54 @@ class VerifyTask(ShardTask):
 
     name = "verify"
 
-    def __init__(self, candidate_paths: list[str], n_dst: int, shard_ranges: list[tuple[int, int]],
+    def __init__(self, half_paths: list[str], shard_ranges: list[tuple[int, int]],
                  sketch_dir: str | Path | None, embed_dir: str | Path | None, cosine_threshold: float | None,
                  jaccard_threshold: float | None, num_perm: int) -> None:
-        self.candidate_paths, self.n_dst = [str(p) for p in candidate_paths], int(n_dst)
+        self.half_paths = [str(p) for p in half_paths]
         self.shard_ranges = [(int(s), int(e)) for s, e in shard_ranges]
-        self.sketch_dir = None if sketch_dir is None else str(sketch_dir)
-        self.embed_dir = None if embed_dir is None else str(embed_dir)
+        self.features = _Features(sketch_dir, embed_dir, cosine_threshold is not None, jaccard_threshold is not None)
         self.cosine_threshold, self.jaccard_threshold = cosine_threshold, jaccard_threshold
         self.num_perm = int(num_perm)
 
     def n_shards(self) -> int:
-        """One per verify partition."""
-        return self.n_dst
+        """One per read shard."""
+        return len(self.shard_ranges)
 
     def settings(self) -> dict[str, Any]:
         """Thresholds."""
-        return {"cosine": self.cosine_threshold, "jaccard": self.jaccard_threshold}
-
-    def _load(self, stage_dir: str, needed: np.ndarray, columns: list[str]) -> tuple[np.ndarray, pa.Table]:
-        """Rows ``needed`` (sorted) of a feature stage: (their row ids in ``needed`` order, the table)."""
-        parts = []
-        for i, (start, stop) in enumerate(self.shard_ranges):
-            lo, hi = np.searchsorted(needed, [start, stop])
-            if hi <= lo:
-                continue
-            t = pq.read_table(shard_path(stage_dir, i), columns=["row", *columns])
-            parts.append(t.filter(pc.is_in(t.column("row"), pa.array(needed[lo:hi]))))
-        table = pa.concat_tables(parts) if parts else None
-        if table is None or table.num_rows != len(needed):
-            have = 0 if table is None else table.num_rows
-            raise RuntimeError(f"{stage_dir}: holds {have} of the {len(needed)} rows the candidates name")
-        order = np.argsort(table.column("row").to_numpy(), kind="stable")
-        return order, table
+        return {"cosine": self.cosine_threshold, "jaccard": self.jaccard_threshold, "num_perm": self.num_perm}
 
     def run(self, index: int) -> tuple[pa.Table, dict[str, Any]]:
-        """Verified pairs of partition ``index``."""
-        t = pads.dataset(self.candidate_paths, format="parquet").to_table(
-            columns=["a", "b"], filter=pc.field("dst") == index)
-        pairs = np.stack([t.column("a").to_numpy(), t.column("b").to_numpy()], axis=1).astype(np.int64)
-        if len(pairs):
-            pairs = np.unique(pairs, axis=0)
-        needed = np.unique(pairs)
-        pa_, pb_ = np.searchsorted(needed, pairs[:, 0]), np.searchsorted(needed, pairs[:, 1])
-        cos = np.full(len(pairs), np.nan, np.float32)
-        jac = np.full(len(pairs), np.nan, np.float32)
-        if self.cosine_threshold is not None and len(pairs):
-            order, table = self._load(self.embed_dir, needed, ["embedding"])
-            x = to_matrix(table.column("embedding"), np.float32)[order]
-            cos = np.einsum("ij,ij->i", x[pa_], x[pb_]).astype(np.float32)
-        if self.jaccard_threshold is not None and len(pairs):
-            order, table = self._load(self.sketch_dir, needed, ["signature", "shingles"])
-            sig = to_matrix(table.column("signature"), np.uint32)[order]
-            estimate = (sig[pa_] == sig[pb_]).mean(axis=1)
+        """Verified pairs whose ``b`` lies in read shard ``index``."""
+        t = pads.dataset(self.half_paths, format="parquet").to_table(filter=pc.field("part") == index)
+        n = t.num_rows
+        a, b = t.column("a").to_numpy(), t.column("b").to_numpy()
+        order = np.argsort(b, kind="stable")
+        side_b = self.features.load(index, b[order], "_b")
+        inverse = np.empty(n, np.int64)
+        inverse[order] = np.arange(n)
+        cos = np.full(n, np.nan, np.float32)
+        jac = np.full(n, np.nan, np.float32)
+        if self.cosine_threshold is not None and n:
+            xa = to_matrix(t.column("embedding_a"), np.float32)
+            xb = to_matrix(side_b["embedding_b"], np.float32)[inverse]
+            cos = np.einsum("ij,ij->i", xa, xb).astype(np.float32)
+        if self.jaccard_threshold is not None and n:
+            sa = to_matrix(t.column("signature_a"), np.uint32)
+            sb = to_matrix(side_b["signature_b"], np.uint32)[inverse]
+            estimate = (sa == sb).mean(axis=1)
             check = np.flatnonzero(estimate >= self.jaccard_threshold - minhash_margin(self.num_perm))
-            shingles = table.column("shingles").combine_chunks().take(pa.array(order))
-            offsets = np.asarray(shingles.offsets.to_numpy(), dtype=np.int64)
-            values = shingles.values.to_numpy()
-            if offsets[0] != 0:  # a sliced list array: values start at offsets[0]
+            lists = pa.concat_arrays([t.column("shingles_a").combine_chunks(),
+                                      side_b["shingles_b"].take(pa.array(inverse, pa.int64()))])
+            offsets = np.asarray(lists.offsets.to_numpy(), dtype=np.int64)
+            values = lists.values.to_numpy()
+            if offsets[0] != 0:
                 values, offsets = values[offsets[0]:], offsets - offsets[0]
-            jac[check] = exact_jaccard(values, offsets, pa_[check], pb_[check]).astype(np.float32)
+            jac[check] = exact_jaccard(values, offsets, check, check + n).astype(np.float32)
         keep, score, method = pair_verdicts(cos, jac, self.cosine_threshold, self.jaccard_threshold)
         out = pa.table({
-            "a": pairs[keep, 0], "b": pairs[keep, 1], "score": pa.array(score[keep], pa.float32()),
+            "a": a[keep], "b": b[keep], "score": pa.array(score[keep], pa.float32()),
             "method": pa.array([m for m, k in zip(method, keep.tolist()) if k], pa.string()),
             "cosine": pa.array(cos[keep], pa.float32()), "jaccard": pa.array(jac[keep], pa.float32()),
         })
-        return out, {"candidates": len(pairs)}
+        return out, {"candidates": n}
