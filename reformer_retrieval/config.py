@@ -23,7 +23,8 @@ NGRAM_TF = ("raw", "log", "binary")
 """Values of ``ngram_tf``."""
 NGRAM_PROJECTIONS = ("table", "sketch")
 """Values of ``ngram_projection``."""
-_OMITTED_AT_DEFAULT = ("ngram_tf", "ngram_projection", "context_window")
+_OMITTED_AT_DEFAULT = ("ngram_tf", "ngram_projection", "context_window", "attention_impl")
+ATTENTION_IMPLS = ("auto", "flex", "chunked")
 """Fields added after models were published: left out of `ReformerConfig.to_dict` at their defaults, so those
 models keep their config text and ``model_id``."""
 
@@ -87,6 +88,11 @@ class ReformerConfig:
             ``[k*w, (k+1)*w)``), projected and L2-normalised per window, then the mean of the window vectors,
             normalised: the shape of the MiniLM chunk-mean baseline the channel is distilled from (a long document
             is a mean of many local views, not one mean that converges to the language's style).
+        attention_impl: Kernel of the chunked (LSH and local) attention; never changes results beyond float
+            rounding, so it is left out of ``to_dict`` (and the model id) at its default. ``"chunked"``: the
+            masked path (the fused CPU kernel for inference). ``"flex"``: block-sparse FlexAttention
+            (`reformer_retrieval.model.flex_lsh`), falling back to ``"chunked"`` with one logged line where it
+            cannot compile. ``"auto"``: the measured default per device and mode (see ``flex_lsh``).
         extra: Free-form JSON-serialisable metadata carried with the config (unused by the model).
     """
 
@@ -126,6 +132,7 @@ class ReformerConfig:
     ngram_tf: str = "raw"
     ngram_projection: str = "table"
     context_window: int = 0
+    attention_impl: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -262,6 +269,8 @@ class ReformerConfig:
             self._fail("ngram_tf", f"must be one of {NGRAM_TF}")
         if self.ngram_projection not in NGRAM_PROJECTIONS:
             self._fail("ngram_projection", f"must be one of {NGRAM_PROJECTIONS}")
+        if self.attention_impl not in ATTENTION_IMPLS:
+            self._fail("attention_impl", f"must be one of {ATTENTION_IMPLS}")
 
     # ------------------------------------------------------------------ serialisation
     def to_dict(self) -> dict[str, Any]:

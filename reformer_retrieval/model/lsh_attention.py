@@ -23,6 +23,12 @@ from torch import nn
 
 from reformer_retrieval.config import ReformerConfig
 from reformer_retrieval.model.chunked_attention import chunked_attention_combined, full_attention
+from reformer_retrieval.model.flex_lsh import (
+    FLEX_MIN_LENGTH,
+    flex_available,
+    flex_chunked_attention,
+    flex_failed,
+)
 
 __all__ = [
     "PAD_BUCKET",
@@ -184,6 +190,7 @@ class LSHSelfAttention(nn.Module):
         self.dropout = config.dropout
         self.attention_dropout = config.attention_dropout
         self.budget = config.attention_budget
+        self.attention_impl = config.attention_impl
         inner = self.n_heads * self.head_dim
         self.norm = nn.LayerNorm(config.d_model, eps=config.layer_norm_eps)
         self.query_key = nn.Linear(config.d_model, inner, bias=False)
@@ -205,6 +212,14 @@ class LSHSelfAttention(nn.Module):
         if self.kind == "lsh":
             return n_chunks <= 1 + self.before + self.after
         return n_chunks <= 1 + min(self.before, self.after)
+
+    def _use_flex(self, x: torch.Tensor) -> bool:
+        """Whether this call runs the FlexAttention kernel (``config.attention_impl``; no attention dropout)."""
+        if self.attention_impl == "chunked" or (self.attention_dropout > 0.0 and self.training):
+            return False
+        if self.attention_impl == "auto" and x.shape[1] < FLEX_MIN_LENGTH:
+            return False
+        return flex_available(x.device)
 
     def _n_real_chunks(self, info: SequenceInfo) -> torch.Tensor:
         ends = info.n_real if self.kind == "lsh" else info.real_end
@@ -260,20 +275,27 @@ class LSHSelfAttention(nn.Module):
                 perm = torch.arange(L, device=x.device).expand(B * H, 1, L)
             valid = info.key_valid.repeat_interleave(H, dim=0)
             nrc = self._n_real_chunks(info).repeat_interleave(H, dim=0)
-            out = chunked_attention_combined(
-                qk.reshape(B * H, L, d),
-                v.reshape(B * H, L, d),
-                perm,
-                valid,
-                nrc,
-                self.chunk,
-                self.before,
-                self.after,
-                wrap=self.kind == "lsh",
-                dropout=self.attention_dropout,
-                training=self.training,
-                budget=self.budget,
-            ).view(B, H, L, d)
+            out = None
+            if self._use_flex(x):
+                try:
+                    out = flex_chunked_attention(
+                        qk.reshape(B * H, L, d), v.reshape(B * H, L, d), perm, valid, nrc, self.chunk,
+                        self.before, self.after, wrap=self.kind == "lsh", budget=self.budget,
+                    ).view(B, H, L, d)
+                except Exception as exc:  # compilation impossible here: one line, then the masked path
+                    flex_failed(x.device, exc)
+            if out is None:
+                out = self._chunked(qk, v, perm, valid, nrc)
         out = out.transpose(1, 2).reshape(B, L, self.n_heads * self.head_dim)
         out = F.dropout(self.dense(out), self.dropout, self.training)
         return out, buckets
+
+    def _chunked(
+        self, qk: torch.Tensor, v: torch.Tensor, perm: torch.Tensor, valid: torch.Tensor, nrc: torch.Tensor
+    ) -> torch.Tensor:
+        """The masked / fused chunked attention path; (B, H, L, d)."""
+        B, H, L, d = qk.shape
+        return chunked_attention_combined(
+            qk.reshape(B * H, L, d), v.reshape(B * H, L, d), perm, valid, nrc, self.chunk, self.before, self.after,
+            wrap=self.kind == "lsh", dropout=self.attention_dropout, training=self.training, budget=self.budget,
+        ).view(B, H, L, d)

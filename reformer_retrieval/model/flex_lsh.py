@@ -1,0 +1,346 @@
+"""LSH and chunked local attention as block-sparse attention over the sorted sequence, on FlexAttention.
+
+The same math as `reformer_retrieval.model.chunked_attention` (see its conventions), expressed for
+`torch.nn.attention.flex_attention`:
+
+* every (document, head, hash round) is one attention "head" over its bucket-sorted sequence;
+* the block mask has block size = chunk: query chunk ``i`` sees the kv chunks of `window_slot_chunks`
+  (the chunk itself and its neighbours, wrapping inside the document's real chunks for LSH, each once);
+* padding keys are masked by ``mask_mod`` (a lookup of the sorted validity), the query's own key gets the
+  finite ``MASK_SELF`` by ``score_mod`` (replaced, not added, as in the masked path), keys are the
+  normalised queries (shared QK), scale 1;
+* rounds are combined with the per-round logsumexps (``return_lse``), as `combine_rounds` does.
+
+Lengths are padded to a power of two (the padded chunks have no kv block, so they cost nothing but the
+sort) so that a corpus of mixed lengths compiles a handful of kernels, not one per length.
+
+FlexAttention has no backward on CPU (torch 2.13); there `_FlexWindowed` runs the compiled kernel forward
+and a vectorised windowed backward (one batched product per group of rows over the gathered key windows,
+no Python loop over slots or heads). On CUDA the kernel's own backward is used.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import torch
+
+from reformer_retrieval.model.chunked_attention import (
+    MASK_SELF,
+    PermuteRows,
+    _SortRows,
+    combine_rounds,
+    inverse_permutation,
+    window_slot_chunks,
+)
+
+__all__ = ["FLEX_MIN_LENGTH", "flex_available", "flex_chunked_attention", "flex_failed", "padded_length"]
+
+# ``attention_impl="auto"`` takes the kernel from this padded length up: below it the compile (tens of seconds
+# per new shape on a CPU) costs more than it saves; measured in benchmarks/encoder_speed.py
+FLEX_MIN_LENGTH = 4096
+
+log = logging.getLogger(__name__)
+
+_STATE: dict[str, object] = {}
+
+
+def padded_length(length: int, chunk: int) -> int:
+    """Length the kernel runs at: the next power of two multiple of ``chunk`` (at least ``2 * chunk``)."""
+    n = max(2, -(-length // chunk))
+    return chunk * (1 << (n - 1).bit_length())
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_available(device: torch.device | str = "cpu") -> bool:
+    """Whether to try the FlexAttention kernel on ``device``: False once a compilation failed there in this
+    process (see `flex_failed`), or when ``REFORMER_NO_FLEX=1`` is set in the environment."""
+    if os.environ.get("REFORMER_NO_FLEX", "") not in ("", "0"):
+        return False
+    return not _STATE.get(f"failed_{torch.device(device).type}", False)
+
+
+def flex_failed(device: torch.device | str, exc: BaseException) -> None:
+    """Record that the kernel cannot run on ``device`` (no C++ compiler, unsupported device ...) and log one
+    line; callers then use the masked path for the rest of the process."""
+    dev = torch.device(device).type
+    if not _STATE.get(f"failed_{dev}", False):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        log.warning("FlexAttention cannot run on %s (%s: %s); using the masked attention path",
+                    dev, type(exc).__name__, first[:200])
+    _STATE[f"failed_{dev}"] = True
+
+
+def _block_mask(
+    slots: torch.Tensor, valid_sorted: torch.Tensor, chunk: int, length: int, sink: bool = False,
+    backward: bool = False,
+):
+    """BlockMask (1, rows, length, kv_length) from window slots (rows, n_chunks, S) and sorted validity.
+
+    ``sink``: one more kv block (index ``n_chunks``) whose first key, at kv position ``length``, every query
+    sees (the CPU kernel's logsumexp probe, see `_flex_forward_sink`). ``backward``: also build the
+    transposed (query-block) indices FlexAttention's own backward needs.
+    """
+    from torch.nn.attention.flex_attention import BlockMask
+
+    rows, nc, _ = slots.shape
+    n_kv = nc + 1 if sink else nc
+    chunk_full = valid_sorted.view(rows, nc, chunk).all(dim=-1)  # (rows, nc)
+    used = slots >= 0
+    idx = slots.clamp(min=0)
+    full = used & chunk_full.gather(1, idx.view(rows, -1)).view_as(slots)
+    partial = used & ~full
+    if sink:
+        idx = torch.cat([idx, torch.full_like(idx[..., :1], nc)], dim=-1)
+        full = torch.cat([full, torch.zeros_like(full[..., :1])], dim=-1)
+        partial = torch.cat([partial, torch.ones_like(partial[..., :1])], dim=-1)
+
+    def compact(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        num = sel.sum(dim=-1).to(torch.int32)
+        key = torch.where(sel, idx, n_kv + idx)  # selected first, in block order
+        order = key.sort(dim=-1).values
+        order = torch.where(order >= n_kv, order - n_kv, order).to(torch.int32)
+        # the kernels want one column per kv block
+        order = torch.cat([order, order.new_zeros(rows, nc, n_kv - order.shape[-1])], dim=-1)
+        return num[None], order[None]
+
+    kv_num, kv_idx = compact(partial)
+    full_num, full_idx = compact(full)
+    valid_kv = torch.cat([valid_sorted, valid_sorted.new_zeros(rows, chunk)], dim=1) if sink else valid_sorted
+    if sink:
+        valid_kv[:, length] = True
+
+    n_slots = slots.shape[-1]
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        # the window test repeats the block structure, so the mask is exact even where a kernel evaluates
+        # mask_mod densely (eager FlexAttention)
+        kv_chunk = kv_idx // chunk
+        in_window = slots[h, q_idx // chunk, 0] == kv_chunk
+        for s in range(1, n_slots):
+            in_window = in_window | (slots[h, q_idx // chunk, s] == kv_chunk)
+        if sink:
+            in_window = in_window | (kv_idx == length)
+        return valid_kv[h, kv_idx] & in_window
+
+    return BlockMask.from_kv_blocks(
+        kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=chunk, mask_mod=mask_mod,
+        seq_lengths=(length, length + (chunk if sink else 0)), compute_q_blocks=backward,
+    )
+
+
+def _self_score_mod(score, b, h, q_idx, kv_idx):
+    return torch.where(q_idx == kv_idx, torch.full_like(score, MASK_SELF), score)
+
+
+def _flex_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, compiled: bool = True):
+    """FlexAttention with its logsumexp (CUDA, or eager anywhere): ((rows, L, d), (rows, L))."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    fn = _compiled_flex() if compiled else flex_attention
+    out, lse = fn(
+        q[None], k[None], v[None], score_mod=_self_score_mod, block_mask=block_mask, scale=1.0, return_lse=True
+    )
+    return out[0], lse[0]
+
+
+def _flex_forward_sink(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, valid_sorted: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Compiled CPU FlexAttention with the logsumexp recovered through a sink key (the CPU kernel has no
+    ``return_lse`` in torch 2.13).
+
+    Every query also sees one extra key whose logit is the query's norm ``|q|`` (an upper bound of every
+    real logit: keys are unit vectors) and whose value is 0, while real values carry an extra column of ones.
+    That column of the output is ``f = x / (1 + x)`` with ``x = Z exp(-|q|)`` in ``(0, n_keys]``, so
+    ``lse = |q| + log f - log1p(-f)`` and the output over the real keys is ``out / f``. A query whose only
+    real key is itself (logit ``MASK_SELF``) gets its own value and ``lse = MASK_SELF``, as in the masked path.
+
+    Args: (rows, Lp, d) sorted inputs (Lp a multiple of ``chunk``), slots (rows, Lp / chunk, S),
+    valid_sorted (rows, Lp). Returns ((rows, Lp, d), (rows, Lp) float32; -inf where a query sees no key).
+    """
+    rows, L, d = q.shape
+    nc = L // chunk
+    qn = q.float().norm(dim=-1)  # (rows, L)
+    sink_rows = q.new_zeros(rows, chunk, d)
+    kk = torch.cat([k, sink_rows], dim=1)
+    ones = valid_sorted.to(v.dtype).unsqueeze(-1)
+    vv = torch.cat([torch.cat([v, ones], dim=-1), q.new_zeros(rows, chunk, d + 1)], dim=1)
+    bm = _block_mask(slots, valid_sorted, chunk, L, sink=True)
+
+    def score_mod(score, b, h, q_idx, kv_idx):
+        own = torch.where(q_idx == kv_idx, torch.full_like(score, MASK_SELF), score)
+        return torch.where(kv_idx == L, qn[h, q_idx].to(score.dtype), own)
+
+    out = _compiled_flex()(q[None], kk[None], vv[None], score_mod=score_mod, block_mask=bm, scale=1.0)[0]
+    f = out[..., d].float().clamp(max=1.0)
+    res = out[..., :d] / f.clamp(min=torch.finfo(torch.float32).tiny).unsqueeze(-1).to(out.dtype)
+    lse = qn + torch.log(f) - torch.log1p(-f)
+    # lone queries: the window holds no real key but the query itself
+    cnt = valid_sorted.view(rows, nc, chunk).sum(dim=-1)  # (rows, nc)
+    in_window = torch.where(slots >= 0, cnt.gather(1, slots.clamp(min=0).view(rows, -1)).view_as(slots), 0).sum(-1)
+    lone = (in_window == 1).repeat_interleave(chunk, dim=1) & valid_sorted
+    res = torch.where(lone.unsqueeze(-1), v, res)
+    lse = torch.where(lone, torch.full_like(lse, MASK_SELF), lse)
+    lse = torch.where(valid_sorted | (f > 0), lse, torch.full_like(lse, float("-inf")))
+    return res, lse
+
+
+def _windowed_backward(
+    q, k, v, out, lse, dout, dlse, slots, valid_sorted, chunk: int, before: int, budget: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of the windowed attention (rows, L, d) by recomputing the probabilities from ``lse``,
+    a group of rows at a time (at most ``budget`` logits at once)."""
+    rows, L, d = q.shape
+    nc = L // chunk
+    S = slots.shape[-1]
+    dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+    eye = torch.eye(chunk, dtype=torch.bool, device=q.device)
+    step = max(1, budget // max(1, L * S * chunk))
+    for r0 in range(0, rows, step):
+        r1 = min(rows, r0 + step)
+        n = r1 - r0
+        sl = slots[r0:r1]
+        idx = sl.clamp(min=0)
+        ridx = torch.arange(n, device=q.device).view(n, 1, 1)
+        Qc = q[r0:r1].view(n, nc, chunk, d)
+        Kw = k[r0:r1].view(n, nc, chunk, d)[ridx, idx].reshape(n, nc, S * chunk, d)
+        Vw = v[r0:r1].view(n, nc, chunk, d)[ridx, idx].reshape(n, nc, S * chunk, d)
+        key_ok = (valid_sorted[r0:r1].view(n, nc, chunk)[ridx, idx] & (sl >= 0).unsqueeze(-1)).reshape(n, nc, 1, -1)
+        is_self = torch.zeros(nc, chunk, S, chunk, dtype=torch.bool, device=q.device)
+        is_self[:, :, before, :] = eye
+        is_self = (is_self.view(1, nc, chunk, S * chunk) & (sl[..., before] >= 0).view(n, nc, 1, 1))
+        scores = torch.matmul(Qc.float(), Kw.float().transpose(-1, -2))
+        scores = scores.masked_fill(is_self, MASK_SELF)
+        lse_c = lse[r0:r1].view(n, nc, chunk, 1)
+        lse_c = torch.where(torch.isfinite(lse_c), lse_c, torch.zeros_like(lse_c))
+        p = torch.exp(scores - lse_c).masked_fill(~key_ok, 0.0)
+        do = dout[r0:r1].view(n, nc, chunk, d).float()
+        delta = (do * out[r0:r1].view(n, nc, chunk, d).float()).sum(-1, keepdim=True)
+        dp = torch.matmul(do, Vw.float().transpose(-1, -2))
+        ds = p * (dp - delta + dlse[r0:r1].view(n, nc, chunk, 1).float())
+        ds = ds.masked_fill(is_self, 0.0)  # the self logit is a constant
+        dq[r0:r1] = torch.matmul(ds, Kw.float()).view(n, L, d).to(q.dtype)
+        dkw = torch.matmul(ds.transpose(-1, -2), Qc.float()).view(n, nc, S, chunk, d)
+        dvw = torch.matmul(p.transpose(-1, -2), do).view(n, nc, S, chunk, d)
+        flat = (ridx * nc + idx).reshape(-1)
+        dk[r0:r1] = (torch.zeros(n * nc, chunk, d, device=q.device).index_add_(0, flat, dkw.reshape(-1, chunk, d))
+                     .view(n, L, d).to(k.dtype))
+        dv[r0:r1] = (torch.zeros(n * nc, chunk, d, device=q.device).index_add_(0, flat, dvw.reshape(-1, chunk, d))
+                     .view(n, L, d).to(v.dtype))
+    return dq, dk, dv
+
+
+class _FlexWindowed(torch.autograd.Function):
+    """Compiled FlexAttention forward, vectorised windowed backward (FlexAttention has no CPU backward)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, slots, valid_sorted, chunk, length, before, budget):  # type: ignore[override]
+        L = q.shape[1]
+        pad = length - L
+        qp, kp, vp = (torch.nn.functional.pad(x, (0, 0, 0, pad)) if pad else x for x in (q, k, v))
+        vs = torch.nn.functional.pad(valid_sorted, (0, pad)) if pad else valid_sorted
+        sp = window_slots_padded(slots, length // chunk)
+        out, lse = _flex_forward_sink(qp.detach(), kp.detach(), vp.detach(), sp, vs, chunk)
+        out, lse = out[:, :L].contiguous(), lse[:, :L].contiguous()
+        ctx.save_for_backward(q, k, v, out, lse, slots, valid_sorted)
+        ctx.chunk, ctx.before, ctx.budget = chunk, before, budget
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):  # type: ignore[override]
+        q, k, v, out, lse, slots, valid_sorted = ctx.saved_tensors
+        if dout is None:
+            dout = torch.zeros_like(out)
+        if dlse is None:
+            dlse = torch.zeros_like(lse)
+        dq, dk, dv = _windowed_backward(
+            q, k, v, out, lse, dout, dlse, slots, valid_sorted, ctx.chunk, ctx.before, ctx.budget
+        )
+        return dq, dk, dv, None, None, None, None, None, None
+
+
+def window_slots_padded(slots: torch.Tensor, n_chunks: int) -> torch.Tensor:
+    """Slots (rows, nc, S) extended with empty slots for the padded chunks up to ``n_chunks``."""
+    rows, nc, S = slots.shape
+    if n_chunks == nc:
+        return slots
+    extra = torch.full((rows, n_chunks - nc, S), -1, dtype=slots.dtype, device=slots.device)
+    return torch.cat([slots, extra], dim=1)
+
+
+def flex_chunked_attention(
+    qk: torch.Tensor,
+    v: torch.Tensor,
+    perm: torch.Tensor,
+    key_valid: torch.Tensor,
+    n_real_chunks: torch.Tensor,
+    chunk: int,
+    before: int,
+    after: int,
+    wrap: bool,
+    budget: int = 1 << 24,
+    kernel_lse: bool = True,
+) -> torch.Tensor:
+    """`chunked_attention_combined` on FlexAttention (no attention dropout).
+
+    Args:
+        qk: (N, L, d) shared query-keys, v: (N, L, d) values (N = batch * heads).
+        perm: (N, R, L) the sorted order of each round (real tokens first when ``wrap``).
+        key_valid: (N, L) bool, False at padding.
+        n_real_chunks: (N,) real chunks per row.
+        chunk: Chunk length (the block size); L must be a multiple of it.
+        budget: Largest number of logits the CPU backward computes at once.
+        kernel_lse: On CPU, False runs the CUDA formulation (FlexAttention's ``return_lse``) eagerly instead
+            of the compiled sink kernel: dense scores, forward only (torch 2.13 has no CPU backward); tests.
+
+    Returns:
+        (N, L, d) outputs in original order, rounds combined (zero at padding queries with no key).
+    """
+    N, L, d = qk.shape
+    R = perm.shape[1]
+    nc = L // chunk
+    rows = torch.arange(N, device=qk.device).repeat_interleave(R)
+    p = perm.reshape(N * R, L)
+    inv = inverse_permutation(p)
+    identity = not wrap and R == 1
+    if identity:  # local attention: position order, nothing to sort
+        qs, vs = qk, v
+        valid_s = key_valid
+    else:
+        qs = _SortRows.apply(qk, rows, p, inv)
+        vs = _SortRows.apply(v, rows, p, inv)
+        valid_s = key_valid.index_select(0, rows).gather(1, p)
+    ks = torch.nn.functional.normalize(qs, dim=-1, eps=1e-6)
+    slots = window_slot_chunks(nc, n_real_chunks.index_select(0, rows), before, after, wrap)
+    length = padded_length(L, chunk)
+    dtype = qs.dtype
+    if qk.device.type != "cpu" or not kernel_lse:
+        # FlexAttention's own logsumexp and backward (CUDA); ``kernel_lse=False`` on CPU runs it eagerly
+        # (dense scores: small inputs only, for tests)
+        from torch.nn.functional import pad
+
+        extra = length - L
+        qp, kp, vp = (pad(x, (0, 0, 0, extra)) if extra else x for x in (qs, ks, vs))
+        vsp = pad(valid_s, (0, extra)) if extra else valid_s
+        bm = _block_mask(window_slots_padded(slots, length // chunk), vsp, chunk, length, backward=True)
+        out, lse = _flex_forward(qp, kp, vp, bm, compiled=qk.device.type != "cpu")
+        out, lse = out[:, :L], lse[:, :L]
+    else:
+        out, lse = _FlexWindowed.apply(qs, ks, vs, slots, valid_s, chunk, length, before, budget)
+    lse = lse.float()
+    if not identity:
+        out = PermuteRows.apply(out, inv, p)
+        lse = lse.gather(1, inv)
+    real = key_valid.index_select(0, rows)
+    lse = torch.where(real, lse, torch.zeros_like(lse))
+    out = out.to(dtype)
+    return combine_rounds(out.view(N, R, L, d), lse.view(N, R, L))
