@@ -13,7 +13,8 @@ documents in the file (or in the ``--max-clusters`` subset) is scored by
 
 twice: on the clean texts and on an OCR-noised copy made with ``augment(text, strength, seed=(noise_seed,
 row), preset="ocr")`` (each document noised independently). The table gives ROC-AUC and the best F1 over all
-thresholds, each method's ratio to MinHash on the same data, and its speed in characters per second on this
+thresholds (and, when the file has a ``family`` column, the same two scores over the pairs inside one family
+only: positives against hard negatives), each method's ratio to MinHash on the same data, and its speed in characters per second on this
 CPU (encoding only for the models; MinHash: sketches plus all-pairs similarity). For a model with the hashed n-gram channel
 (``ngram_size``), two more rows score each channel of the same embeddings alone (an ablation; no extra encoding;
 their speed is shown as ">= the model's", since encoding one channel costs at most what both cost).
@@ -46,14 +47,15 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "dev" / "wiki_versions" / "corpus.parquet"
 _WORDS = re.compile(r"\w+")
 
-__all__ = ["load_labelled", "main", "minhash_similarity", "shingles", "write_noisy_copy"]
+__all__ = ["family_metrics", "load_labelled", "main", "minhash_similarity", "shingles", "write_noisy_copy"]
 
 
 def load_labelled(path: Path, max_clusters: int, max_chars: int, seed: int) -> dict[str, Any]:
     """Rows of a labelled Parquet file, optionally a seeded subset of whole clusters, texts cut to max_chars."""
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=["id", "text", "cluster"])
+    has_family = "family" in pq.read_schema(path).names
+    table = pq.read_table(path, columns=["id", "text", "cluster", *(["family"] if has_family else [])])
     ids = [str(x) for x in table.column("id").to_pylist()]
     texts = table.column("text").to_pylist()
     clusters = np.asarray([str(c) for c in table.column("cluster").to_pylist()])
@@ -68,8 +70,27 @@ def load_labelled(path: Path, max_clusters: int, max_chars: int, seed: int) -> d
         "ids": [ids[r] for r in rows],
         "texts": [texts[r][:max_chars] if max_chars else texts[r] for r in rows],
         "clusters": clusters[rows],
+        "families": np.asarray([str(f) for f in table.column("family").to_pylist()])[rows] if has_family else None,
         "n_cut": cut,
     }
+
+
+def family_metrics(similarity: np.ndarray, clusters: np.ndarray, families: np.ndarray) -> dict[str, float]:
+    """ROC-AUC and best F1 over the pairs *within* one family only: the positives against the hard negatives
+    (same family, other cluster), the pairs that the all-pairs scores drown in easy negatives."""
+    from sklearn.metrics import precision_recall_curve, roc_auc_score
+
+    iu = np.triu_indices(len(clusters), k=1)
+    same_family = families[iu[0]] == families[iu[1]]
+    scores = np.asarray(similarity, dtype=np.float64)[iu][same_family]
+    truth = (clusters[iu[0]] == clusters[iu[1]])[same_family]
+    if truth.all() or not truth.any():
+        raise ValueError("family metrics need positive and hard-negative pairs inside the families")
+    precision, recall, thresholds = precision_recall_curve(truth, scores)
+    f1 = 2 * precision * recall / np.maximum(precision + recall, 1e-12)
+    best = int(np.argmax(f1[:-1]))
+    return {"family_auc": float(roc_auc_score(truth, scores)), "family_best_f1": float(f1[best]),
+            "family_best_threshold": float(thresholds[best]), "n_hard_negatives": int((~truth).sum())}
 
 
 def shingles(text: str, n: int = 3) -> list[bytes]:
@@ -241,8 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         base = None
         for name, similarity, seconds, model_id, speed, lower_bound in results:
             m = pair_metrics(similarity, data["clusters"])
+            fam = family_metrics(similarity, data["clusters"], data["families"]) if data["families"] is not None else {}
             base = base or m
-            rows.append({
+            rows.append({**fam,
                 "data": condition, "method": name, "model_id": model_id, "roc_auc": m["roc_auc"],
                 "best_f1": m["best_f1"], "best_threshold": m["best_threshold"], "seconds": round(seconds, 2),
                 "chars_per_s": None if lower_bound or speed is None else round(speed, 1),
@@ -256,19 +278,24 @@ def main(argv: list[str] | None = None) -> int:
             return f">= {r['chars_per_s_at_least']:,.0f}"
         return "–" if r["chars_per_s"] is None else f"{r['chars_per_s']:,.0f}"
 
+    has_family = data["families"] is not None
     table = markdown_table(
         ["data", "method", "ROC-AUC", "best F1", "at threshold", "AUC / MinHash", "F1 / MinHash", "seconds",
-         "chars/s"],
+         "chars/s", *(["in-family AUC", "in-family best F1"] if has_family else [])],
         [
             [r["data"], r["method"], f"{r['roc_auc']:.4f}", f"{r['best_f1']:.4f}", f"{r['best_threshold']:.3f}",
              f"{r['auc_vs_minhash']:.3f}x", f"{r['f1_vs_minhash']:.3f}x",
-             f"{r['seconds']:.1f}", speed_cell(r)]
+             f"{r['seconds']:.1f}", speed_cell(r),
+             *([f"{r['family_auc']:.4f}", f"{r['family_best_f1']:.4f}"] if has_family else [])]
             for r in rows
         ],
-        align="llrrrrrrr",
+        align="llrrrrrrr" + "rr" * has_family,
     )
     print(table)
     print(f"{len(clean)} documents, {rows[0]['n_pairs']:,} pairs ({rows[0]['n_positive_pairs']:,} positive) per condition")
+    if has_family:
+        print(f"in-family: the {rows[0]['n_positive_pairs']:,} positive pairs against the {rows[0]['n_hard_negatives']:,} "
+              "hard negatives (same family, other cluster) only")
     import torch
 
     print(f"chars/s on {torch.get_num_threads()} torch threads; channel rows reuse the model's vectors (>= its speed)")

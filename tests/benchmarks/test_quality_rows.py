@@ -88,3 +88,23 @@ def test_dedup_subset_and_noise_match_model_quality(tmp_path: Path) -> None:
     picked = model_quality.load_labelled(path, 2, 0, 1)
     assert ids == picked["ids"] and len(set(labels)) == 2 and len(ids) == 8
     assert noisy == [augment(t, 0.5, seed=(2, int(r)), preset="ocr") for t, r in zip(picked["texts"], picked["rows"])]
+
+
+def test_family_metrics_score_only_pairs_inside_a_family(tmp_path: Path) -> None:
+    import numpy as np
+
+    clusters = np.array(["a", "a", "b", "c"])
+    families = np.array(["f", "f", "f", "g"])
+    sim = np.full((4, 4), 0.1)
+    sim[0, 1] = sim[1, 0] = 0.9  # the positive
+    sim[0, 2] = sim[2, 0] = 0.95  # a hard negative above it
+    sim[1, 2] = sim[2, 1] = 0.5  # a hard negative below it
+    m = model_quality.family_metrics(sim, clusters, families)
+    assert m["family_auc"] == 0.5 and m["n_hard_negatives"] == 2
+    assert abs(m["family_best_f1"] - 2 / 3) < 1e-9  # the pair (0, 3) etc. with 0.1 are not in it
+    path = tmp_path / "fam.parquet"
+    pq.write_table(pa.table({"id": list("wxyz"), "text": list("wxyz"), "cluster": clusters.tolist(),
+                             "family": families.tolist()}), path)
+    assert model_quality.load_labelled(path, 0, 0, 0)["families"].tolist() == families.tolist()
+    pq.write_table(pa.table({"id": list("wxyz"), "text": list("wxyz"), "cluster": clusters.tolist()}), path)
+    assert model_quality.load_labelled(path, 0, 0, 0)["families"] is None
