@@ -70,6 +70,9 @@ META_MODEL_ID = b"model_id"
 META_DIM = b"dim"
 META_VERSION = b"library_version"
 META_FORMAT = b"format"
+META_CHANNELS = b"channels"
+"""Which channels of the model the vectors hold: ``both``, ``contextual`` or ``lexical`` (also the suffix of a
+single-channel ``model_id``, e.g. ``aaa7ca85767a:lexical``)."""
 EMBEDDINGS_FORMAT = b"reformer-retrieval/embeddings/1"
 EMBEDDING_COLUMNS = ("id", "embedding", "n_tokens", "truncated")
 
@@ -477,6 +480,7 @@ def _embeddings_schema(dim: int, id_kind: IdKind, model_id: str) -> pa.Schema:
             META_DIM: str(dim).encode("ascii"),
             META_VERSION: __version__.encode("ascii"),
             META_FORMAT: EMBEDDINGS_FORMAT,
+            META_CHANNELS: (model_id.partition(":")[2] or "both").encode("utf-8"),
         },
     )
 
@@ -639,6 +643,7 @@ def _check_embeddings_schema(path: Path, schema: pa.Schema) -> dict[str, Any]:
         "model_id": meta[META_MODEL_ID].decode("utf-8"),
         "dim": dim,
         "library_version": meta.get(META_VERSION, b"").decode("utf-8"),
+        "channels": meta.get(META_CHANNELS, b"both").decode("utf-8"),
     }
 
 

@@ -247,7 +247,7 @@ def test_embeddings_round_trip(tmp_path, ids):
     assert schema.field("id").type == (pa.string() if isinstance(ids[0], str) else pa.int64())
     assert schema.metadata[b"model_id"] == b"abc123" and schema.metadata[b"dim"] == b"8"
     assert read_embeddings_metadata(path) == {
-        "model_id": "abc123", "dim": 8, "library_version": __version__, "count": 3
+        "model_id": "abc123", "dim": 8, "library_version": __version__, "count": 3, "channels": "both"
     }
 
 

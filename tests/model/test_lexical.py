@@ -101,3 +101,17 @@ def test_lexical_channel_needs_one(tiny_dir, one_thread) -> None:
         Encoder.load(tiny_dir, device="cpu", channels="lexical")
     with pytest.raises(ValueError, match="channels="):
         Encoder.load(tiny_dir, device="cpu", channels="ngram")  # type: ignore[arg-type]
+
+
+def test_embeddings_file_records_the_channels(two_channel_model: ReformerEncoder, tmp_path, one_thread) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from reformer_retrieval.corpus import read_embeddings_metadata
+
+    pq.write_table(pa.table({"id": ["a", "b"], "text": ["one text", "another text"]}), tmp_path / "c.parquet")
+    for channels in ("both", "lexical"):
+        enc = Encoder(two_channel_model, device="cpu", channels=channels)
+        enc.encode_parquet(tmp_path / "c.parquet", tmp_path / f"{channels}.parquet", show_progress=False)
+        meta = read_embeddings_metadata(tmp_path / f"{channels}.parquet")
+        assert meta["channels"] == channels and meta["model_id"] == enc.model_id and meta["dim"] == enc.dim
