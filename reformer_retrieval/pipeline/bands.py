@@ -7,7 +7,7 @@ the ``candidates`` stage reads partition ``j`` of every shard by a filter that s
 Band / row counts of both families follow from the threshold and a recall target (`DEFAULT_RECALL`): MinHash
 by `reformer_retrieval.indexes.minhash.optimal_params` (as `find_duplicates` does), sign random projection
 by `srp_params`, the fewest keys per document that make a pair at the cosine threshold a candidate with
-probability at least the target.
+probability at least the target (the collision math of `reformer_retrieval.indexes.lsh_params`).
 """
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from reformer_retrieval.indexes.lsh_params import DEFAULT_RECALL, lsh_recall, table_probability
 from reformer_retrieval.indexes.minhash import EMPTY, MinHashIndex
 from reformer_retrieval.pipeline.runner import ShardTask, shard_path
 from reformer_retrieval.pipeline.sketch import to_matrix
 
 __all__ = ["DEFAULT_MAX_BANDS", "DEFAULT_RECALL", "BandsTask", "srp_params", "srp_recall"]
 
-#: Probability that a pair exactly at the threshold shares at least one band.
-DEFAULT_RECALL = 0.99
 #: Most sign-random-projection bands per document.
 DEFAULT_MAX_BANDS = 64
 FAMILY_MINHASH, FAMILY_SRP = 0, 1
@@ -43,9 +42,12 @@ def _mix(x: np.ndarray) -> np.ndarray:
 
 
 def srp_recall(cosine: float, bands: int, rows: int) -> float:
-    """Probability that two unit vectors at ``cosine`` share one of ``bands`` bands of ``rows`` sign bits."""
-    p = 1.0 - math.acos(max(-1.0, min(1.0, cosine))) / math.pi
-    return 1.0 - (1.0 - p**rows) ** bands
+    """Probability that two unit vectors at ``cosine`` share one of ``bands`` bands of ``rows`` sign bits.
+
+    `reformer_retrieval.indexes.lsh_params.lsh_recall` with no bit flips: ``1 - (1 - p**rows)**bands``,
+    ``p = 1 - arccos(cosine) / pi``.
+    """
+    return lsh_recall(max(-1.0, min(1.0, cosine)), bands, rows, 0)
 
 
 def srp_params(threshold: float, recall: float = DEFAULT_RECALL, max_bands: int = DEFAULT_MAX_BANDS) -> tuple[int, int]:
@@ -58,10 +60,9 @@ def srp_params(threshold: float, recall: float = DEFAULT_RECALL, max_bands: int 
         raise ValueError(f"the cosine threshold must be in [-1, 1], got {threshold}")
     if not 0.0 < recall < 1.0:
         raise ValueError(f"recall must be in (0, 1), got {recall}")
-    p = 1.0 - math.acos(threshold) / math.pi
     best = (1, 1)
     for rows in range(1, 65):
-        q = p**rows
+        q = table_probability(threshold, rows, 0)
         if q >= 1.0:
             bands = 1
         elif q <= 0.0:
