@@ -18,7 +18,9 @@ Examples::
 
     python benchmarks/encoder_speed.py --json encoder_speed.json             # full CPU run
     python benchmarks/encoder_speed.py --lengths 1024,4096 --impls ours,sdpa # a quick look
-    python benchmarks/encoder_speed.py --quick-gpu --json gpu.json           # H100: ours + SDPA, bf16
+    python benchmarks/encoder_speed.py --quick-gpu --json gpu.json           # H100: flex, chunked, SDPA, bf16
+    python benchmarks/encoder_speed.py --impls flex,chunked,hf --lengths 16384 --train-lengths 16384 \
+        --threads 2 --no-rev-check                                            # the attention kernels side by side
 
 The extra measurement of the issue (training step, 12 layers, 16K tokens: reversible vs
 ``reversible=False`` peak memory) runs by default on full runs (``--no-rev-check`` to skip it).
@@ -52,9 +54,15 @@ from _common import (
     write_json,
 )
 
-IMPLS = ("ours", "hf", "sdpa")
+IMPLS = ("ours", "flex", "chunked", "hf", "sdpa")
+DEFAULT_IMPLS = ("ours", "hf", "sdpa")
+# ours with its attention kernel forced (``ReformerConfig.attention_impl``); "ours" is the config default
+OURS_KERNELS = {"ours": "auto", "flex": "flex", "chunked": "chunked"}
 MODES = ("inference", "train")
-IMPL_LABELS = {"ours": "ours", "hf": "HF Reformer", "sdpa": "SDPA exact"}
+IMPL_LABELS = {
+    "ours": "ours", "flex": "ours (FlexAttention)", "chunked": "ours (chunked: fused / masked)", "hf": "HF Reformer",
+    "sdpa": "SDPA exact",
+}
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 VOCAB = 260  # ByteTokenizer: 256 bytes + 4 specials
 FIRST_REAL_ID = 4
@@ -89,6 +97,7 @@ def _build_ours(spec: dict[str, Any], length: int) -> Any:
         dropout=0.0,
         attention_dropout=0.0,
         reversible=spec["reversible"],
+        attention_impl=OURS_KERNELS[spec.get("impl", "ours")],
     )
     return ReformerEncoder(config)
 
@@ -212,7 +221,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     if cuda and not torch.cuda.is_available():
         raise RuntimeError("--device cuda but torch.cuda.is_available() is False")
 
-    builder = {"ours": _build_ours, "hf": _build_hf, "sdpa": _build_sdpa}[spec["impl"]]
+    builder = {"hf": _build_hf, "sdpa": _build_sdpa}.get(spec["impl"], _build_ours)
     model = builder(spec, length).to(device=device, dtype=dtype)
     gen = torch.Generator().manual_seed(int(spec.get("seed", 0)))
     ids = torch.randint(FIRST_REAL_ID, VOCAB, (1, length), generator=gen).to(device)
@@ -222,7 +231,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
 
     def forward() -> Any:
-        if spec["impl"] == "ours":
+        if spec["impl"] in OURS_KERNELS:
             return model(ids, mask)
         if spec["impl"] == "hf":
             return model(input_ids=ids, attention_mask=mask).last_hidden_state
@@ -370,7 +379,7 @@ def summarise(rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     table = []
     for mode in MODES:
         for length in sorted({r["length"] for r in main_rows if r["mode"] == mode}):
-            o, h, s = (_find(main_rows, impl=i, mode=mode, length=length) for i in IMPLS)
+            o, h, s = (_find(main_rows, impl=i, mode=mode, length=length) for i in ("ours", "hf", "sdpa"))
             table.append(
                 [
                     mode,
@@ -393,6 +402,29 @@ def summarise(rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     ]
     if table:
         out.append(markdown_table(headers, table, align="llrrrrrrrrrr"))
+    kernel_table = []
+    for mode in MODES:
+        for length in sorted({r["length"] for r in main_rows if r["mode"] == mode}):
+            f, c, h, s = (_find(main_rows, impl=i, mode=mode, length=length) for i in ("flex", "chunked", "hf", "sdpa"))
+            if f is None and c is None:
+                continue
+            kernel_table.append([
+                mode, f"{length:,}", fmt_num(_val(f, "tokens_per_s")), fmt_num(_val(c, "tokens_per_s")),
+                fmt_num(_val(h, "tokens_per_s")), fmt_num(_val(s, "tokens_per_s")),
+                fmt_ratio(_val(f, "tokens_per_s"), _val(c, "tokens_per_s")),
+                fmt_ratio(_val(f, "tokens_per_s"), _val(h, "tokens_per_s")),
+                fmt_ratio(_val(f, "tokens_per_s"), _val(s, "tokens_per_s")),
+                fmt_num(_val(f, "peak_mb")), fmt_num(_val(c, "peak_mb")), fmt_num(_val(f, "warmup_s")),
+            ])
+    if kernel_table:
+        out.append(
+            "\nAttention kernels (ours, same model; flex warm-up includes its compile):\n"
+            + markdown_table(
+                ["mode", "tokens", "flex tok/s", "chunked tok/s", "HF tok/s", "SDPA tok/s", "flex vs chunked",
+                 "flex vs HF", "flex vs SDPA", "flex peak MB", "chunked peak MB", "flex warm-up s"],
+                kernel_table, align="llrrrrrrrrrr",
+            )
+        )
     notes = [
         f"- {IMPL_LABELS.get(r['impl'], r['impl'])} {r['mode']} {r['length']:,}: {r['status']}: {r.get('note', '')}"
         for r in rows
@@ -441,6 +473,15 @@ def summarise(rows: list[dict[str, Any]]) -> tuple[str, list[dict[str, Any]]]:
     a, b = (_find(main_rows, impl="ours", mode="inference", length=n) for n in (16384, 65536))
     check("inference peak growth 16K->64K <= 4.5x", ratio(_val(b, "peak_mb"), _val(a, "peak_mb")), 4.5, False)
     check("train peak reversible/plain <= 0.5", ratio(_val(rev, "peak_mb"), _val(plain, "peak_mb")), 0.5, False)
+    for length in (16384, 65536):
+        f, h = (_find(main_rows, impl=i, mode="inference", length=length) for i in ("flex", "hf"))
+        check(f"inference {length}: tok/s flex/HF >= 3", ratio(_val(f, "tokens_per_s"), _val(h, "tokens_per_s")), 3.0, True)
+    f, c = (_find(main_rows, impl=i, mode="train", length=16384) for i in ("flex", "chunked"))
+    check("train 16384: tok/s flex/chunked >= 2", ratio(_val(f, "tokens_per_s"), _val(c, "tokens_per_s")), 2.0, True)
+    gpu = [r for r in main_rows if str(r.get("device", "")).startswith("cuda")]
+    f, s = (_find(gpu, impl=i, mode="inference", length=65536) for i in ("flex", "sdpa"))
+    check("GPU inference 65536: tok/s flex/SDPA >= 2", ratio(_val(f, "tokens_per_s"), _val(s, "tokens_per_s")), 2.0, True)
+    check("GPU inference 65536: seconds per document <= 0.020", _val(f, "seconds"), 0.020, False)
     if checks:
         out.append(
             "\nTargets:\n"
@@ -478,12 +519,14 @@ def _choices(allowed: tuple[str, ...]) -> Any:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--impls", type=_choices(IMPLS), default=list(IMPLS), help="comma list of ours,hf,sdpa")
+    p.add_argument("--impls", type=_choices(IMPLS), default=None,
+                   help="comma list of ours,flex,chunked,hf,sdpa (default ours,hf,sdpa; flex / chunked: ours with "
+                        "that attention kernel forced)")
     p.add_argument("--modes", type=_choices(MODES), default=list(MODES), help="comma list of inference,train")
-    p.add_argument("--lengths", type=_ints, default=[1024, 4096, 16384, 65536], help="inference lengths")
+    p.add_argument("--lengths", type=_ints, default=None, help="inference lengths (default 1K,4K,16K,64K)")
     p.add_argument("--train-lengths", type=_ints, default=None, help="training lengths (default: --lengths)")
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--device", default=None, help="cpu or cuda (default cpu; cuda with --quick-gpu)")
+    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="fp32 (default) or bf16 / fp16")
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--heads", type=int, default=4)
@@ -503,17 +546,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rev-layers", type=int, default=12)
     p.add_argument("--rev-length", type=int, default=16384)
     p.add_argument("--quick-gpu", action="store_true",
-                   help="preset: cuda, bf16, ours+sdpa, inference 16K/64K, training 16K, 1 warm-up + 2 calls")
+                   help="preset: cuda, bf16, flex+chunked+sdpa, inference 16K/64K, training 16K, 1 warm-up + "
+                        "2 calls (--device / --dtype / --lengths / --train-lengths / --impls given explicitly win: "
+                        "'--quick-gpu --device cpu --dtype fp32 --lengths 4096' tests the script on a CPU)")
     p.add_argument("--json", type=Path, default=None, help="write the rows and checks to this JSON file")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick_gpu:
-        args.device, args.dtype, args.impls = "cuda", "bf16", ["ours", "sdpa"]
+        args.device = args.device or "cuda"
+        args.dtype = args.dtype or "bf16"
+        args.impls = args.impls or ["flex", "chunked", "sdpa"]
         args.modes = list(MODES)
-        args.lengths, args.train_lengths = [16384, 65536], [16384]
+        args.train_lengths = args.train_lengths or ([16384] if args.lengths is None else list(args.lengths[:1]))
+        args.lengths = args.lengths or [16384, 65536]
         args.budget = min(args.budget, 20.0)
         args.timeout = min(args.timeout, 120.0)
         args.rev_check = bool(args.rev_check)
+    args.device = args.device or "cpu"
+    args.dtype = args.dtype or "fp32"
+    args.impls = args.impls or list(DEFAULT_IMPLS)
+    args.lengths = args.lengths or [1024, 4096, 16384, 65536]
     if args.train_lengths is None:
         args.train_lengths = list(args.lengths)
     if args.rev_check is None:

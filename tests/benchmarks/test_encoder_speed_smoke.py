@@ -166,13 +166,17 @@ def test_skip_reason_extrapolates_and_stops_after_failures():
 
 def test_parse_args_presets_and_validation():
     args = es.parse_args(["--quick-gpu"])
-    assert (args.device, args.dtype, args.impls) == ("cuda", "bf16", ["ours", "sdpa"])
+    assert (args.device, args.dtype, args.impls) == ("cuda", "bf16", ["flex", "chunked", "sdpa"])
     assert (args.lengths, args.train_lengths, args.rev_check) == ([16384, 65536], [16384], False)
     plan = es.build_plan(args)
     assert [(s["impl"], s["mode"], s["length"]) for series in plan for s in series] == [
-        ("ours", "inference", 16384), ("ours", "inference", 65536), ("ours", "train", 16384),
-        ("sdpa", "inference", 16384), ("sdpa", "inference", 65536), ("sdpa", "train", 16384),
+        (impl, mode, n) for impl in ("flex", "chunked", "sdpa")
+        for mode, n in (("inference", 16384), ("inference", 65536), ("train", 16384))
     ]
+    cpu = es.parse_args(["--quick-gpu", "--device", "cpu", "--dtype", "fp32", "--lengths", "128", "--chunk", "16"])
+    assert (cpu.device, cpu.dtype, cpu.lengths, cpu.train_lengths) == ("cpu", "fp32", [128], [128])
+    plain = es.parse_args([])
+    assert (plain.device, plain.dtype, plain.impls) == ("cpu", "fp32", ["ours", "hf", "sdpa"])
     full = es.build_plan(es.parse_args([]))
     rev = [s for series in full for s in series if s["series"] == "reversible"]
     assert [(s["n_layers"], s["length"], s["reversible"]) for s in rev] == [(12, 16384, True), (12, 16384, False)]
@@ -255,3 +259,33 @@ def test_main_end_to_end_writes_json(tmp_path, capsys):
     assert cells[6] == common.fmt_ratio(ours["tokens_per_s"], sdpa["tokens_per_s"])
     assert {"meta", "rows", "checks"} <= set(data)
     assert data["meta"]["lengths"] == [128]
+
+
+def test_summarise_kernel_table_and_targets():
+    rows = [
+        _fake("flex", "inference", 16384, 9000, 500, warmup_s=30.0), _fake("chunked", "inference", 16384, 6000, 600),
+        _fake("hf", "inference", 16384, 2000, 1500),
+        _fake("flex", "train", 16384, 800, 900), _fake("chunked", "train", 16384, 500, 1000),
+        _fake("flex", "inference", 65536, 3_300_000, 900, device="cuda"),
+        _fake("sdpa", "inference", 65536, 1_000_000, 900, device="cuda"),
+    ]
+    text, checks = es.summarise(rows)
+    assert "| inference | 16,384 | 9,000 | 6,000 | 2,000 | – | 1.50x | 4.50x | – | 500 | 600 | 30 |" in text
+    by_name = {c["check"]: c for c in checks}
+    assert by_name["inference 16384: tok/s flex/HF >= 3"]["pass"]
+    assert not by_name["train 16384: tok/s flex/chunked >= 2"]["pass"]  # 1.6x
+    assert by_name["GPU inference 65536: tok/s flex/SDPA >= 2"]["value"] == pytest.approx(3.3)
+    assert by_name["GPU inference 65536: seconds per document <= 0.020"]["pass"]  # 65536 / 3.3M = 19.9 ms
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["inference", "train"])
+def test_flex_and_chunked_rows_measure_the_kernel_they_name(mode):
+    """The quick-GPU script's rows, run on a CPU: the flex row compiles FlexAttention, the chunked row not."""
+    from reformer_retrieval.model import flex_lsh
+
+    rows = {impl: es.measure({**TINY, "impl": impl, "mode": mode, "length": 128}) for impl in ("flex", "chunked")}
+    assert all(r["status"] == "ok" and r["tokens_per_s"] > 0 for r in rows.values())
+    assert es._build_ours({**TINY, "impl": "flex"}, 128).config.attention_impl == "flex"
+    assert es._build_ours({**TINY, "impl": "chunked"}, 128).config.attention_impl == "chunked"
+    assert flex_lsh.flex_available("cpu")  # the flex row did not fall back
