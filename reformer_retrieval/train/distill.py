@@ -40,7 +40,7 @@ from reformer_retrieval.train.augment import augment
 from reformer_retrieval.train.state import latest_checkpoint, load_optimizer_state, save_checkpoint
 from reformer_retrieval.train.teacher import read_teacher_cache, window_texts
 
-__all__ = ["DistillConfig", "distil", "student_from"]
+__all__ = ["DistillConfig", "distil", "fit_projection", "student_from"]
 
 
 @dataclass(frozen=True)
@@ -120,6 +120,57 @@ def student_from(directory: str | Path | None, context_dim: int, context_window:
     if unexpected or any(not k.startswith("projection.") for k in missing):
         raise ValueError(f"the student does not fit {directory}: missing {missing}, unexpected {unexpected}")
     return student
+
+
+@torch.no_grad()
+def fit_projection(
+    model: ReformerEncoder, crops: list[bytes], teachers: list[np.ndarray], tokenizer: Any, width: int,
+    ridge: float = 1e-3, batch_crops: int = 8, show_progress: bool = False,
+) -> dict[str, float]:
+    """Set the contextual projection to the ridge-regression map from window-mean token states to the teacher's
+    window vectors (clean text, the model's other weights fixed): the best linear read-out of what the Reformer
+    already computes, a warm start for `distil` and a measure of how much of the teacher's signal the states hold.
+
+    Returns:
+        ``{"windows", "r2", "cosine"}``: windows fitted, the fit's R^2, and the mean cosine of the fitted
+        (normalised) window vectors to the teacher's.
+    """
+    from tqdm.auto import tqdm
+
+    was_training = model.training
+    model.eval()
+    means, targets = [], []
+    config = DistillConfig(teacher_cache="", noise_prob=0.0)
+    rng = np.random.default_rng(0)
+    for first in tqdm(range(0, len(crops), batch_crops), desc="window states", disable=not show_progress):
+        rows = np.arange(first, min(len(crops), first + batch_crops))
+        ids, mask, windows, target, present = _batch(crops, teachers, rows, tokenizer, width, config, rng)
+        states = model._contextual(ids, mask, None)[1].float()
+        length = states.shape[1]
+        mask_p = torch.nn.functional.pad(mask, (0, length - mask.shape[1]), value=False)
+        win_p = torch.cat([windows, windows[:, -1:].expand(-1, length - windows.shape[1])], dim=1)
+        n_windows = target.shape[1]
+        for b in range(len(rows)):
+            for k in range(n_windows):
+                sel = mask_p[b] & (win_p[b] == k)
+                if present[b, k] and sel.any():
+                    means.append(states[b][sel].mean(0).numpy())
+                    targets.append(target[b, k].numpy())
+    x = np.stack(means).astype(np.float64)
+    y = np.stack(targets).astype(np.float64)
+    x_mean, y_mean = x.mean(0), y.mean(0)
+    xc, yc = x - x_mean, y - y_mean
+    gram = xc.T @ xc + ridge * len(x) * np.eye(x.shape[1])
+    weight = np.linalg.solve(gram, xc.T @ yc)  # (in, out)
+    bias = y_mean - x_mean @ weight
+    pred = x @ weight + bias
+    r2 = 1.0 - ((y - pred) ** 2).sum() / ((y - y_mean) ** 2).sum()
+    unit = pred / np.maximum(np.linalg.norm(pred, axis=1, keepdims=True), 1e-12)
+    model.projection.weight.copy_(torch.from_numpy(weight.T).to(model.projection.weight))
+    model.projection.bias.copy_(torch.from_numpy(bias).to(model.projection.bias))
+    model.train(was_training)
+    y_unit = y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
+    return {"windows": float(len(x)), "r2": float(r2), "cosine": float((unit * y_unit).sum(1).mean())}
 
 
 def _lr_at(config: DistillConfig, step: int) -> float:

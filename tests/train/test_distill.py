@@ -130,3 +130,26 @@ def test_channel_record_names_both_channels() -> None:
     shipped = load_model(Path(__file__).resolve().parents[2] / "reformer_retrieval" / "assets" / "default")
     assert json.loads((Path(__file__).resolve().parents[2] / "reformer_retrieval" / "assets" / "default"
                        / "training.json").read_text())["channels"] == shipped.channel_record()
+
+
+def test_fit_projection_recovers_a_linear_read_out(one_thread) -> None:
+    from reformer_retrieval.train.distill import fit_projection
+
+    config = ReformerConfig(d_model=16, n_layers=2, n_heads=2, d_ff=32, embedding_dim=384, chunk_size=16,
+                            max_len=4096, axial_pos_shape=(64, 64), context_window=64)
+    torch.manual_seed(0)
+    model = ReformerEncoder(config).eval()
+    rng = np.random.default_rng(0)
+    crops = [bytes(rng.integers(97, 123, size=int(rng.integers(130, 256))).astype(np.uint8)) for _ in range(40)]
+    tok = ByteTokenizer()
+    teachers = []
+    with torch.no_grad():  # the teacher is the model's own (unnormalised) projection of each window's mean state
+        for blob in crops:
+            ids = torch.as_tensor(tok.encode(blob.decode())[0]).reshape(1, -1)
+            states = model(ids, return_token_states=True)[1][0]
+            teachers.append(np.stack([model.projection(states[k : k + 64].mean(0)).numpy()
+                                      for k in range(0, states.shape[0], 64)]))
+        torch.nn.init.normal_(model.projection.weight, std=1.0)  # forget it
+    stats = fit_projection(model, crops, teachers, tok, 64, ridge=1e-8)
+    assert stats["windows"] == sum(len(t) for t in teachers)
+    assert stats["r2"] > 0.999 and stats["cosine"] > 0.999
