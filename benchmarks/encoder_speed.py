@@ -224,7 +224,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     builder = {"hf": _build_hf, "sdpa": _build_sdpa}.get(spec["impl"], _build_ours)
     model = builder(spec, length).to(device=device, dtype=dtype)
     gen = torch.Generator().manual_seed(int(spec.get("seed", 0)))
-    ids = torch.randint(FIRST_REAL_ID, VOCAB, (1, length), generator=gen).to(device)
+    batch = int(spec.get("batch", 1))
+    ids = torch.randint(FIRST_REAL_ID, VOCAB, (batch, length), generator=gen).to(device)
     mask = torch.ones_like(ids)
     training = spec["mode"] == "train"
     model.train(training)
@@ -259,7 +260,7 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     return {
         **spec,
         "status": "ok",
-        "tokens_per_s": round(length / timing["seconds"], 1),
+        "tokens_per_s": round(batch * length / timing["seconds"], 1),
         "peak_mb": round(peak, 1),
         "base_mb": round(base, 1),
         "seconds": float(f"{timing['seconds']:.6g}"),
@@ -294,6 +295,7 @@ def _spec(args: argparse.Namespace, impl: str, mode: str, length: int, **over: A
         "budget_s": args.budget,
         "seed": args.seed,
         "threads": args.threads,
+        "batch": args.batch,
         "series": "main",
     }
     spec.update(over)
@@ -540,6 +542,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-skip", action="store_true", help="run even measurements projected to time out")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=1, help="sequences per call (tok/s counts all of them)")
     p.add_argument("--rev-check", dest="rev_check", action="store_true", default=None,
                    help="also measure the training step reversible vs reversible=False (default on)")
     p.add_argument("--no-rev-check", dest="rev_check", action="store_false")
@@ -622,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = run_plan(args)
     report, checks = summarise(rows)
     header = (
-        f"Encoder speed: batch 1, d_model {args.d_model}, {args.layers} layers, {args.heads} heads, d_ff {args.d_ff}, "
+        f"Encoder speed: batch {args.batch}, d_model {args.d_model}, {args.layers} layers, {args.heads} heads, d_ff {args.d_ff}, "
         f"chunk {args.chunk}, {args.hashes} hashes, all layers LSH (Reformers), device {args.device}, {args.dtype}. "
         f"Best of up to {args.repeats} timed calls after a warm-up (a warm-up longer than {args.budget / 2:.0f} s "
         f"is the measurement), best of {args.runs} process(es). Peak memory: "

@@ -14,9 +14,16 @@ The same math as `reformer_retrieval.model.chunked_attention` (see its conventio
 Lengths are padded to a power of two (the padded chunks have no kv block, so they cost nothing but the
 sort) so that a corpus of mixed lengths compiles a handful of kernels, not one per length.
 
-FlexAttention has no backward on CPU (torch 2.13); there `_FlexWindowed` runs the compiled kernel forward
-and a vectorised windowed backward (one batched product per group of rows over the gathered key windows,
-no Python loop over slots or heads). On CUDA the kernel's own backward is used.
+FlexAttention has no backward and no ``return_lse`` on CPU (torch 2.13); there `_FlexWindowed` runs the
+compiled kernel forward with a sink key that recovers the logsumexp (`_flex_forward_sink`) and a vectorised
+windowed backward (batched products per group of rows over the gathered key windows, no Python loop over
+slots or heads). On CUDA the kernel's own ``return_lse`` and backward are used.
+
+Selection (``ReformerConfig.attention_impl``): ``"flex"`` opts in; ``"auto"`` stays on the chunked path.
+Measured on the shared 2-core CPU (d256, 6 layers, 4 heads, chunk 64, 4 hashes, 16K tokens, 2 threads, one
+`benchmarks/encoder_speed.py` run), this kernel was slower than the fused CPU path for inference (0.67x)
+and gave no clear training gain, and each new shape costs a ~20 s compile. The CUDA formulation is
+checked on CPU only (eagerly); its speed on a GPU is not measured.
 """
 
 from __future__ import annotations
@@ -36,11 +43,7 @@ from reformer_retrieval.model.chunked_attention import (
     window_slot_chunks,
 )
 
-__all__ = ["FLEX_MIN_LENGTH", "flex_available", "flex_chunked_attention", "flex_failed", "padded_length"]
-
-# ``attention_impl="auto"`` takes the kernel from this padded length up: below it the compile (tens of seconds
-# per new shape on a CPU) costs more than it saves; measured in benchmarks/encoder_speed.py
-FLEX_MIN_LENGTH = 4096
+__all__ = ["flex_available", "flex_chunked_attention", "flex_failed", "padded_length"]
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +206,6 @@ def _windowed_backward(
     nc = L // chunk
     S = slots.shape[-1]
     dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
-    eye = torch.eye(chunk, dtype=torch.bool, device=q.device)
     step = max(1, budget // max(1, L * S * chunk))
     for r0 in range(0, rows, step):
         r1 = min(rows, r0 + step)
@@ -211,25 +213,24 @@ def _windowed_backward(
         sl = slots[r0:r1]
         idx = sl.clamp(min=0)
         ridx = torch.arange(n, device=q.device).view(n, 1, 1)
-        Qc = q[r0:r1].view(n, nc, chunk, d)
-        Kw = k[r0:r1].view(n, nc, chunk, d)[ridx, idx].reshape(n, nc, S * chunk, d)
-        Vw = v[r0:r1].view(n, nc, chunk, d)[ridx, idx].reshape(n, nc, S * chunk, d)
-        key_ok = (valid_sorted[r0:r1].view(n, nc, chunk)[ridx, idx] & (sl >= 0).unsqueeze(-1)).reshape(n, nc, 1, -1)
-        is_self = torch.zeros(nc, chunk, S, chunk, dtype=torch.bool, device=q.device)
-        is_self[:, :, before, :] = eye
-        is_self = (is_self.view(1, nc, chunk, S * chunk) & (sl[..., before] >= 0).view(n, nc, 1, 1))
-        scores = torch.matmul(Qc.float(), Kw.float().transpose(-1, -2))
-        scores = scores.masked_fill(is_self, MASK_SELF)
+        Qc = q[r0:r1].view(n, nc, chunk, d).float()
+        Kw = k[r0:r1].view(n, nc, chunk, d)[ridx, idx].reshape(n, nc, S * chunk, d).float()
+        Vw = v[r0:r1].view(n, nc, chunk, d)[ridx, idx].reshape(n, nc, S * chunk, d).float()
+        key_bad = ~(valid_sorted[r0:r1].view(n, nc, chunk)[ridx, idx] & (sl >= 0).unsqueeze(-1)).reshape(n, nc, 1, -1)
+        # probabilities, in place: the self logit (diagonal of the `before` slot; a masked slot is zeroed anyway)
+        # is the constant MASK_SELF
+        p = torch.matmul(Qc, Kw.transpose(-1, -2))
+        self_diag = p.view(n, nc, chunk, S, chunk)[:, :, :, before].diagonal(dim1=-2, dim2=-1)
+        self_diag.fill_(MASK_SELF)
         lse_c = lse[r0:r1].view(n, nc, chunk, 1)
-        lse_c = torch.where(torch.isfinite(lse_c), lse_c, torch.zeros_like(lse_c))
-        p = torch.exp(scores - lse_c).masked_fill(~key_ok, 0.0)
+        p.sub_(torch.where(torch.isfinite(lse_c), lse_c, torch.zeros_like(lse_c))).exp_().masked_fill_(key_bad, 0.0)
         do = dout[r0:r1].view(n, nc, chunk, d).float()
-        delta = (do * out[r0:r1].view(n, nc, chunk, d).float()).sum(-1, keepdim=True)
-        dp = torch.matmul(do, Vw.float().transpose(-1, -2))
-        ds = p * (dp - delta + dlse[r0:r1].view(n, nc, chunk, 1).float())
-        ds = ds.masked_fill(is_self, 0.0)  # the self logit is a constant
-        dq[r0:r1] = torch.matmul(ds, Kw.float()).view(n, L, d).to(q.dtype)
-        dkw = torch.matmul(ds.transpose(-1, -2), Qc.float()).view(n, nc, S, chunk, d)
+        shift = (do * out[r0:r1].view(n, nc, chunk, d).float()).sum(-1, keepdim=True)
+        shift.sub_(dlse[r0:r1].view(n, nc, chunk, 1).float())
+        ds = torch.matmul(do, Vw.transpose(-1, -2)).sub_(shift).mul_(p)
+        ds.view(n, nc, chunk, S, chunk)[:, :, :, before].diagonal(dim1=-2, dim2=-1).fill_(0.0)  # constant logit
+        dq[r0:r1] = torch.matmul(ds, Kw).view(n, L, d).to(q.dtype)
+        dkw = torch.matmul(ds.transpose(-1, -2), Qc).view(n, nc, S, chunk, d)
         dvw = torch.matmul(p.transpose(-1, -2), do).view(n, nc, S, chunk, d)
         flat = (ridx * nc + idx).reshape(-1)
         dk[r0:r1] = (torch.zeros(n * nc, chunk, d, device=q.device).index_add_(0, flat, dkw.reshape(-1, chunk, d))

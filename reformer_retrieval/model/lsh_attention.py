@@ -23,12 +23,7 @@ from torch import nn
 
 from reformer_retrieval.config import ReformerConfig
 from reformer_retrieval.model.chunked_attention import chunked_attention_combined, full_attention
-from reformer_retrieval.model.flex_lsh import (
-    FLEX_MIN_LENGTH,
-    flex_available,
-    flex_chunked_attention,
-    flex_failed,
-)
+from reformer_retrieval.model.flex_lsh import flex_available, flex_chunked_attention, flex_failed
 
 __all__ = [
     "PAD_BUCKET",
@@ -214,10 +209,11 @@ class LSHSelfAttention(nn.Module):
         return n_chunks <= 1 + min(self.before, self.after)
 
     def _use_flex(self, x: torch.Tensor) -> bool:
-        """Whether this call runs the FlexAttention kernel (``config.attention_impl``; no attention dropout)."""
-        if self.attention_impl == "chunked" or (self.attention_dropout > 0.0 and self.training):
-            return False
-        if self.attention_impl == "auto" and x.shape[1] < FLEX_MIN_LENGTH:
+        """Whether this call runs the FlexAttention kernel: only with ``attention_impl="flex"`` (``"auto"`` is
+        the chunked path on every device: on a 2-core CPU it was faster, inference and training, see
+        `reformer_retrieval.model.flex_lsh`; on CUDA the kernel is not measured yet), never with attention
+        dropout, and not after a failed compile on this device."""
+        if self.attention_impl != "flex" or (self.attention_dropout > 0.0 and self.training):
             return False
         return flex_available(x.device)
 

@@ -176,14 +176,17 @@ def test_environment_switch_turns_the_kernel_off(monkeypatch):
     assert not flex_lsh.flex_available("cpu")
 
 
-def test_auto_keeps_short_inputs_on_the_masked_path(monkeypatch):
-    """``auto`` never compiles for inputs under `FLEX_MIN_LENGTH` (tests and short documents stay fast)."""
-    cfg = ReformerConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, embedding_dim=8, chunk_size=16, max_len=512,
-                         axial_pos_shape=(16, 32))
-    attn = LSHSelfAttention(cfg, 0)
-    assert cfg.attention_impl == "auto"
-    assert not attn._use_flex(torch.zeros(1, 256, 16))
-    assert attn._use_flex(torch.zeros(1, flex_lsh.FLEX_MIN_LENGTH, 16)) == flex_lsh.flex_available("cpu")
+def test_auto_is_the_chunked_path_and_flex_opts_in():
+    """``auto`` never compiles (the measured default, see `flex_lsh`); ``flex`` does unless it failed."""
+    cfg = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, embedding_dim=8, chunk_size=16, max_len=512,
+               axial_pos_shape=(16, 32))
+    x = torch.zeros(1, 256, 16)
+    assert ReformerConfig(**cfg).attention_impl == "auto"
+    assert not LSHSelfAttention(ReformerConfig(**cfg), 0)._use_flex(x)
+    assert not LSHSelfAttention(ReformerConfig(**cfg, attention_impl="chunked"), 0)._use_flex(x)
+    flex = LSHSelfAttention(ReformerConfig(**cfg, attention_impl="flex"), 0)
+    assert flex._use_flex(x) == flex_lsh.flex_available("cpu")
+    assert not LSHSelfAttention(ReformerConfig(**cfg, attention_impl="flex", attention_dropout=0.1), 0)._use_flex(x)
 
 
 def test_attention_impl_is_validated_and_left_out_of_the_model_id_at_default():
