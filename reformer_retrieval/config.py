@@ -92,7 +92,8 @@ class ReformerConfig:
             rounding, so it is left out of ``to_dict`` (and the model id) at its default. ``"chunked"``: the
             masked path (the fused CPU kernel for inference). ``"flex"``: block-sparse FlexAttention
             (`reformer_retrieval.model.flex_lsh`), falling back to ``"chunked"`` with one logged line where it
-            cannot compile. ``"auto"``: the measured default, today the chunked path on every device (see ``flex_lsh``).
+            cannot compile. ``"auto"``: the measured default, FlexAttention for CPU training
+            steps from 2,048 tokens and the chunked path otherwise (see ``flex_lsh``).
         extra: Free-form JSON-serialisable metadata carried with the config (unused by the model).
     """
 

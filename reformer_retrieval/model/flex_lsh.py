@@ -19,11 +19,14 @@ compiled kernel forward with a sink key that recovers the logsumexp (`_flex_forw
 windowed backward (batched products per group of rows over the gathered key windows, no Python loop over
 slots or heads). On CUDA the kernel's own ``return_lse`` and backward are used.
 
-Selection (``ReformerConfig.attention_impl``): ``"flex"`` opts in; ``"auto"`` stays on the chunked path.
-Measured on the shared 2-core CPU (d256, 6 layers, 4 heads, chunk 64, 4 hashes, 16K tokens, 2 threads, one
-`benchmarks/encoder_speed.py` run), this kernel was slower than the fused CPU path for inference (0.67x)
-and gave no clear training gain, and each new shape costs a ~20 s compile. The CUDA formulation is
-checked on CPU only (eagerly); its speed on a GPU is not measured.
+Selection (``ReformerConfig.attention_impl``): ``"flex"`` always; ``"auto"`` only for CPU training steps
+(module in train mode) from `AUTO_FLEX_TRAIN_LENGTH` tokens. Measured on the shared 2-core CPU (load average
+~5), d256 / 6 layers / 4 heads / chunk 64 / 4 hashes, 2 threads, `benchmarks/encoder_speed.py` runs with
+flex and chunked side by side: training step 16K tokens flex 409 vs chunked 322 tok/s (1.27x; CPU seconds
+39.7 vs 50.5), batch 8 x 2,048 tokens 423 vs 315 tok/s (1.34x); inference 16K flex 1,173 vs chunked (fused
+CPU kernel) 1,762 tok/s (0.67x), so CPU inference stays chunked. Each new shape costs a compile (~20 s
+inference, ~45 s training, then inductor's on-disk cache), which short inputs and tests should not pay. The
+CUDA formulation is checked on CPU only (eagerly); its GPU speed is not measured, so CUDA stays chunked.
 """
 
 from __future__ import annotations
@@ -43,7 +46,10 @@ from reformer_retrieval.model.chunked_attention import (
     window_slot_chunks,
 )
 
-__all__ = ["flex_available", "flex_chunked_attention", "flex_failed", "padded_length"]
+__all__ = ["AUTO_FLEX_TRAIN_LENGTH", "flex_available", "flex_chunked_attention", "flex_failed", "padded_length"]
+
+# ``attention_impl="auto"`` runs this kernel for CPU training steps from this (padded) length up
+AUTO_FLEX_TRAIN_LENGTH = 2048
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,12 @@ from torch import nn
 
 from reformer_retrieval.config import ReformerConfig
 from reformer_retrieval.model.chunked_attention import chunked_attention_combined, full_attention
-from reformer_retrieval.model.flex_lsh import flex_available, flex_chunked_attention, flex_failed
+from reformer_retrieval.model.flex_lsh import (
+    AUTO_FLEX_TRAIN_LENGTH,
+    flex_available,
+    flex_chunked_attention,
+    flex_failed,
+)
 
 __all__ = [
     "PAD_BUCKET",
@@ -209,11 +214,14 @@ class LSHSelfAttention(nn.Module):
         return n_chunks <= 1 + min(self.before, self.after)
 
     def _use_flex(self, x: torch.Tensor) -> bool:
-        """Whether this call runs the FlexAttention kernel: only with ``attention_impl="flex"`` (``"auto"`` is
-        the chunked path on every device: on a 2-core CPU it was faster, inference and training, see
-        `reformer_retrieval.model.flex_lsh`; on CUDA the kernel is not measured yet), never with attention
-        dropout, and not after a failed compile on this device."""
-        if self.attention_impl != "flex" or (self.attention_dropout > 0.0 and self.training):
+        """Whether this call runs the FlexAttention kernel: with ``attention_impl="flex"``, or with ``"auto"``
+        for CPU training from `AUTO_FLEX_TRAIN_LENGTH` tokens (the measured default, see
+        `reformer_retrieval.model.flex_lsh`); never with attention dropout, nor after a failed compile."""
+        if self.attention_impl == "chunked" or (self.attention_dropout > 0.0 and self.training):
+            return False
+        if self.attention_impl == "auto" and not (
+            self.training and x.device.type == "cpu" and x.shape[1] >= AUTO_FLEX_TRAIN_LENGTH
+        ):
             return False
         return flex_available(x.device)
 

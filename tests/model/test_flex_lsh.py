@@ -176,17 +176,22 @@ def test_environment_switch_turns_the_kernel_off(monkeypatch):
     assert not flex_lsh.flex_available("cpu")
 
 
-def test_auto_is_the_chunked_path_and_flex_opts_in():
-    """``auto`` never compiles (the measured default, see `flex_lsh`); ``flex`` does unless it failed."""
-    cfg = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, embedding_dim=8, chunk_size=16, max_len=512,
-               axial_pos_shape=(16, 32))
-    x = torch.zeros(1, 256, 16)
-    assert ReformerConfig(**cfg).attention_impl == "auto"
-    assert not LSHSelfAttention(ReformerConfig(**cfg), 0)._use_flex(x)
-    assert not LSHSelfAttention(ReformerConfig(**cfg, attention_impl="chunked"), 0)._use_flex(x)
+def test_auto_picks_flex_only_for_long_cpu_training():
+    """``auto``: FlexAttention for CPU training from `AUTO_FLEX_TRAIN_LENGTH` tokens, the chunked path for
+    inference and short inputs (so tests and short documents never compile); ``flex`` opts in everywhere."""
+    cfg = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, embedding_dim=8, chunk_size=16, max_len=4096,
+               axial_pos_shape=(64, 64))
+    short, long = torch.zeros(1, 256, 16), torch.zeros(1, flex_lsh.AUTO_FLEX_TRAIN_LENGTH, 16)
+    on = flex_lsh.flex_available("cpu")
+    auto = LSHSelfAttention(ReformerConfig(**cfg), 0)
+    assert auto.attention_impl == "auto"
+    assert auto.train()._use_flex(long) == on and not auto._use_flex(short)
+    assert not auto.eval()._use_flex(long)
+    assert not LSHSelfAttention(ReformerConfig(**cfg, attention_impl="chunked"), 0).train()._use_flex(long)
     flex = LSHSelfAttention(ReformerConfig(**cfg, attention_impl="flex"), 0)
-    assert flex._use_flex(x) == flex_lsh.flex_available("cpu")
-    assert not LSHSelfAttention(ReformerConfig(**cfg, attention_impl="flex", attention_dropout=0.1), 0)._use_flex(x)
+    assert flex.eval()._use_flex(short) == on
+    dropout = LSHSelfAttention(ReformerConfig(**cfg, attention_impl="flex", attention_dropout=0.1), 0)
+    assert not dropout.train()._use_flex(long)
 
 
 def test_attention_impl_is_validated_and_left_out_of_the_model_id_at_default():
