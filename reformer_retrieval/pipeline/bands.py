@@ -21,7 +21,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from reformer_retrieval.indexes.lsh_params import DEFAULT_RECALL, lsh_recall, table_probability
-from reformer_retrieval.indexes.minhash import EMPTY, MinHashIndex
+from reformer_retrieval.indexes.minhash import _GOLD, EMPTY, MinHashIndex
+from reformer_retrieval.indexes.minhash import _mix64 as _mix
 from reformer_retrieval.pipeline.runner import ShardTask, shard_path
 from reformer_retrieval.pipeline.sketch import to_matrix
 
@@ -30,15 +31,6 @@ __all__ = ["DEFAULT_MAX_BANDS", "DEFAULT_RECALL", "BandsTask", "srp_params", "sr
 #: Most sign-random-projection bands per document.
 DEFAULT_MAX_BANDS = 64
 FAMILY_MINHASH, FAMILY_SRP = 0, 1
-_M1, _M2, _GOLD = np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB), np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    x = x ^ (x >> np.uint64(30))
-    x = x * _M1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _M2
-    return x ^ (x >> np.uint64(31))
 
 
 def srp_recall(cosine: float, bands: int, rows: int) -> float:

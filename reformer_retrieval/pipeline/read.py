@@ -27,12 +27,9 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 
 from reformer_retrieval.corpus import (
-    REASON_BLANK_TEXT,
-    REASON_EMPTY_TEXT,
-    REASON_INVALID_UTF8,
     REASON_NULL_ID,
-    REASON_NULL_TEXT,
     CorpusError,
+    _text_problem,
 )
 from reformer_retrieval.pipeline.runner import ShardTask, StageInfo
 
@@ -44,22 +41,6 @@ DEFAULT_SHARD_ROWS = 65_536
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
-
-
-def _text_problem(text: Any) -> str | None:
-    """Why a text value cannot be used (``None`` if it can); the reasons of `reformer_retrieval.corpus`."""
-    if text is None:
-        return REASON_NULL_TEXT
-    if isinstance(text, bytes):
-        try:
-            text = text.decode("utf-8")
-        except UnicodeDecodeError:
-            return REASON_INVALID_UTF8
-    if not text:
-        return REASON_EMPTY_TEXT
-    if text.isspace():
-        return REASON_BLANK_TEXT
-    return None
 
 
 def _is_text_type(t: pa.DataType) -> bool:
