@@ -64,6 +64,8 @@ class DistillConfig:
         noise_preset, noise_strength: `augment` preset and the largest strength (each crop draws one in [0, max]).
         holdout_crops: Crops of the cache kept out of training to report the loss on.
         checkpoint_seconds: Save a checkpoint at least this often.
+        warm_start: Before the first step, set the contextual projection by `fit_projection` on the training
+            crops (a new projection otherwise starts random, and the first hundred steps went to undoing that).
         reload_cache: Re-read the teacher cache at every checkpoint (train on a cache that is still being built;
             the holdout crops, the first ones of the plan, stay the same).
         seed: Seed of everything random in the run.
@@ -90,6 +92,7 @@ class DistillConfig:
     holdout_crops: int = 64
     checkpoint_seconds: float = 120.0
     reload_cache: bool = False
+    warm_start: bool = False
     seed: int = 0
 
     @classmethod
@@ -275,6 +278,10 @@ def distil(config: DistillConfig, out: str | Path, resume: bool = False, log: An
         log(f"resumed at step {step} from {directory}")
     holdout = np.arange(config.holdout_crops)
     train_rows = np.arange(config.holdout_crops, len(crops))
+    if config.warm_start and found is None:
+        fit = fit_projection(model, [crops[r] for r in train_rows], [teachers[r] for r in train_rows], tokenizer,
+                             plan.width)
+        log(f"warm start: projection fitted to {fit['windows']:.0f} windows (R^2 {fit['r2']:.3f})")
     started = last_save = time.monotonic()
     model.train()
 

@@ -153,3 +153,23 @@ def test_fit_projection_recovers_a_linear_read_out(one_thread) -> None:
     stats = fit_projection(model, crops, teachers, tok, 64, ridge=1e-8)
     assert stats["windows"] == sum(len(t) for t in teachers)
     assert stats["r2"] > 0.999 and stats["cosine"] > 0.999
+
+
+def test_warm_start_fits_the_projection_before_the_first_step(tmp_path: Path, one_thread) -> None:
+    ids, texts = _corpus(30)
+    plan = TeacherPlan(crops=40, windows=2, width=64, crops_per_doc=2, shard_crops=40, seed=1)
+    build_teacher_cache(texts, ids, tmp_path / "cache", ByteTokenizer().normalize, plan, teacher=WordTeacher(),
+                        show_progress=False)
+    base = ReformerConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, embedding_dim=16, chunk_size=16,
+                          max_len=4096, axial_pos_shape=(64, 64))
+    torch.manual_seed(0)
+    ReformerEncoder(base).save_pretrained(tmp_path / "init", tokenizer=ByteTokenizer())
+    common = {"teacher_cache": str(tmp_path / "cache"), "init_from": str(tmp_path / "init"), "context_dim": 384,
+              "context_window": 64, "steps": 0, "batch_crops": 8, "holdout_crops": 8, "noise_prob": 0.0}
+    logs: list[str] = []
+    cold = distil(DistillConfig(**common), tmp_path / "cold", log=lambda _: None)
+    warm = distil(DistillConfig(**common, warm_start=True), tmp_path / "warm", log=logs.append)
+    assert any(line.startswith("warm start: projection fitted to ") for line in logs)
+    before = json.loads((cold / "training.json").read_text())["history"][0]["holdout"]["cosine"]
+    after = json.loads((warm / "training.json").read_text())["history"][0]["holdout"]["cosine"]
+    assert after < before - 0.05  # the fitted read-out is closer to the teacher than a random projection
