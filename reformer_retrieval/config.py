@@ -23,8 +23,9 @@ NGRAM_TF = ("raw", "log", "binary")
 """Values of ``ngram_tf``."""
 NGRAM_PROJECTIONS = ("table", "sketch")
 """Values of ``ngram_projection``."""
-_OMITTED_AT_DEFAULT = ("ngram_tf", "ngram_projection", "context_window", "attention_impl")
 ATTENTION_IMPLS = ("auto", "flex", "chunked")
+"""Values of ``attention_impl``."""
+_OMITTED_AT_DEFAULT = ("ngram_tf", "ngram_projection", "context_window", "attention_impl")
 """Fields added after models were published: left out of `ReformerConfig.to_dict` at their defaults, so those
 models keep their config text and ``model_id``."""
 
