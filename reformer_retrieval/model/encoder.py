@@ -162,19 +162,20 @@ class ReformerEncoder(nn.Module):
         emb = self.projection(pooled.to(states.dtype)).float()
         return F.normalize(emb, dim=-1) * (counts > 0).float(), states
 
-    def window_vectors(
-        self, states: torch.Tensor, mask: torch.Tensor, windows: torch.Tensor
+    @staticmethod
+    def window_means(
+        states: torch.Tensor, mask: torch.Tensor, windows: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Projected, L2-normalised mean of the token states of every window (``context_window`` pooling).
+        """Mean token state of every window (``context_window`` pooling, before the projection).
 
         Args:
             states: (batch, length, 2 * d_model) token states.
-            mask: (batch, length) bool, True at real tokens.
+            mask: (batch, length) bool, True at real tokens (a shorter mask: the rest is padding).
             windows: (batch, length) long, the window of every position (non-decreasing along a row, from 0).
 
         Returns:
-            ``(vectors, present)``: (batch, n_windows, context_dim) float32 unit vectors (zero for a window with
-            no real token) and (batch, n_windows) bool, True where a window has a real token.
+            ``(means, present)``: (batch, n_windows, 2 * d_model) in the states' dtype (zero for a window with no
+            real token) and (batch, n_windows) bool, True where a window has a real token.
         """
         batch, length, width = states.shape
         if mask.shape[1] < length:  # states of a padded input: padding is no real token, in the last window
@@ -189,9 +190,16 @@ class ReformerEncoder(nn.Module):
         counts = torch.zeros(batch * n_windows, dtype=torch.float32, device=states.device)
         counts = counts.index_add(0, index, weights.reshape(-1))
         means = (sums / counts.clamp(min=1.0).unsqueeze(-1)).to(states.dtype)
+        return means.view(batch, n_windows, width), (counts > 0).view(batch, n_windows)
+
+    def window_vectors(
+        self, states: torch.Tensor, mask: torch.Tensor, windows: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected, L2-normalised `window_means`: ``(vectors, present)``, (batch, n_windows, context_dim) float32
+        unit vectors (zero for a window with no real token) and the windows' presence."""
+        means, present = self.window_means(states, mask, windows)
         vectors = F.normalize(self.projection(means).float(), dim=-1)
-        present = (counts > 0).view(batch, n_windows)
-        return vectors.view(batch, n_windows, -1) * present.unsqueeze(-1), present
+        return vectors * present.unsqueeze(-1), present
 
     def pool_windows(self, states: torch.Tensor, mask: torch.Tensor, windows: torch.Tensor) -> torch.Tensor:
         """The contextual channel from window vectors: their mean over the windows with a real token, normalised

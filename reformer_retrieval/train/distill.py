@@ -149,16 +149,11 @@ def fit_projection(
         rows = np.arange(first, min(len(crops), first + batch_crops))
         ids, mask, windows, target, present = _batch(crops, teachers, rows, tokenizer, width, config, rng)
         states = model._contextual(ids, mask, None)[1].float()
-        length = states.shape[1]
-        mask_p = torch.nn.functional.pad(mask, (0, length - mask.shape[1]), value=False)
-        win_p = torch.cat([windows, windows[:, -1:].expand(-1, length - windows.shape[1])], dim=1)
-        n_windows = target.shape[1]
-        for b in range(len(rows)):
-            for k in range(n_windows):
-                sel = mask_p[b] & (win_p[b] == k)
-                if present[b, k] and sel.any():
-                    means.append(states[b][sel].mean(0).numpy())
-                    targets.append(target[b, k].numpy())
+        window_means, has_text = model.window_means(states, mask, windows)
+        n = min(window_means.shape[1], target.shape[1])
+        both = present[:, :n] & has_text[:, :n]
+        means.extend(window_means[:, :n][both].numpy())
+        targets.extend(target[:, :n][both].numpy())
     x = np.stack(means).astype(np.float64)
     y = np.stack(targets).astype(np.float64)
     x_mean, y_mean = x.mean(0), y.mean(0)
