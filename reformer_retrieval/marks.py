@@ -211,11 +211,12 @@ def keep_apart(
     hit = {int(comp[a]) for a, b in apart if comp[a] == comp[b]}
     if not hit:
         return keep
-    forbid: dict[int, set[int]] = {}
+    # forbidden partners of each root, as rows (resolved to roots when checked)
+    partners: dict[int, set[int]] = {}
     for a, b in apart:
         if int(comp[a]) in hit:
-            forbid.setdefault(a, set()).add(b)
-            forbid.setdefault(b, set()).add(a)
+            partners.setdefault(a, set()).add(b)
+            partners.setdefault(b, set()).add(a)
     inside = np.flatnonzero(np.isin(comp[pairs[:, 0]], np.fromiter(hit, dtype=np.int64)))
     order = inside[np.lexsort((pairs[inside, 1], pairs[inside, 0], -np.asarray(score, np.float64)[inside]))]
     parent: dict[int, int] = {}
@@ -228,8 +229,6 @@ def keep_apart(
             parent[x], x = root, parent[x]
         return root
 
-    # forbidden partners of each root, as rows (resolved to roots when checked)
-    partners: dict[int, set[int]] = {r: set(s) for r, s in forbid.items()}
     for e in order.tolist():
         ra, rb = find(int(pairs[e, 0])), find(int(pairs[e, 1]))
         if ra == rb:
