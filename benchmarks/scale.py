@@ -57,6 +57,7 @@ def make_corpus(path: Path, n: int, seed: int = 0, words: int = 30, vocab: int =
 def _child(spec: dict[str, Any]) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
+    from reformer_retrieval.evaluate import dedup_metrics
     from reformer_retrieval.pipeline import dedup_pipeline
 
     engine = None
@@ -73,9 +74,7 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
     group = pq.read_table(spec["corpus"], columns=["group"]).column("group").to_numpy()
     same = group[res.pair_a] == group[res.pair_b]
     # planted pairs found: pairs of the same planted group that end in one cluster
-    joint = res.cluster_id.astype(np.int64) * (len(group) + 1) + group
-    _, counts = np.unique(joint, return_counts=True)
-    found = int((counts * (counts - 1) // 2).sum())
+    found = dedup_metrics(res.cluster_id, group).correct_pairs
     return {**spec, "status": "ok", "seconds": round(seconds, 2), "docs_per_s": round(len(res.ids) / seconds, 1),
             "peak_rss_mb": round(peak_rss_mb(), 1), "stages": res.summary["seconds"],
             "clusters": res.summary["clusters"], "verified_pairs": res.summary["verified_pairs"],
