@@ -50,8 +50,8 @@ def _keyed(u: np.ndarray, v: np.ndarray, n_parts: int) -> pa.Table:
     return pa.table({"u": u[order].astype(np.int64), "v": v[order].astype(np.int64), "part": part[order]})
 
 
-def _group_min(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Sorted ``(u, v)`` and, per edge, ``min(u, min of u's neighbours)`` (u sorted groups)."""
+def _group_min(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Sorted ``(u, v)``, per edge ``min(u, min of u's neighbours)``, and the mask of each ``u`` group's first edge."""
     order = np.lexsort((v, u))
     u, v = u[order], v[order]
     start = np.ones(len(u), bool)
@@ -59,7 +59,7 @@ def _group_min(u: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np
     idx = np.flatnonzero(start)
     mins = np.minimum.reduceat(v, idx) if len(idx) else np.zeros(0, v.dtype)
     m = np.minimum(u[idx], mins)
-    return u, v, np.repeat(m, np.diff(np.append(idx, len(u))))
+    return u, v, np.repeat(m, np.diff(np.append(idx, len(u)))), start
 
 
 class StarStepTask(ShardTask):
@@ -100,10 +100,8 @@ class StarStepTask(ShardTask):
             pairs = np.unique(np.stack([u, v], axis=1), axis=0)
             u, v = pairs[:, 0], pairs[:, 1]
         if self.kind == "large":
-            u, v, m = _group_min(u, v)
+            u, v, m, start = _group_min(u, v)
             # stars already? every node a centre (all neighbours larger) or a leaf with one smaller neighbour
-            start = np.ones(len(u), bool)
-            start[1:] = u[1:] != u[:-1]
             sizes = np.diff(np.append(np.flatnonzero(start), len(u)))
             first_v = v[start]
             first_u = u[start]
@@ -113,9 +111,7 @@ class StarStepTask(ShardTask):
             out = v > u  # link each larger neighbour v to m(u), keyed by v (the larger end) for small-star
             return _keyed(v[out], m[out], self.n_parts), {"stars": stars, "edges": len(u)}
         # small-star: rows are (u = larger end, v = smaller neighbour)
-        u, v, m = _group_min(u, v)
-        start = np.ones(len(u), bool)
-        start[1:] = u[1:] != u[:-1]
+        u, v, m, start = _group_min(u, v)
         nodes = np.concatenate([v, u[start]])
         roots = np.concatenate([m, m[start]])
         keep = nodes != roots
