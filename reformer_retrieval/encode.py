@@ -201,6 +201,8 @@ class _Prepared:
     whole: list[np.ndarray | None] = field(default_factory=list)
     """Every token of each document, for the lexical channel (``None`` when the lexical channel is off)."""
     tokens: int = 0
+    """Tokens of the work: the segments' (the Reformer's input), or, with no Reformer pass, the whole documents'
+    (so chunks, progress and rates count the lexical channel's work too)."""
 
     def add(
         self, segments: Iterable[np.ndarray], n_tokens: int, truncated: bool, whole: np.ndarray | None = None
@@ -208,10 +210,13 @@ class _Prepared:
         """Append one document."""
         doc = len(self.n_tokens)
         self.whole.append(whole)
+        segments = list(segments)
         for seg in segments:
             self.segments.append(seg)
             self.seg_doc.append(doc)
             self.tokens += len(seg)
+        if not segments and whole is not None:
+            self.tokens += len(whole)
         self.n_tokens.append(n_tokens)
         self.truncated.append(truncated)
 
@@ -543,7 +548,7 @@ class Encoder:
                 if ids is not None and len(ids):
                     lexical[doc] = self._lexical.vector(ids)
             if contextual is None:
-                progress.update(docs=n, tokens=int(sum(len(w) for w in prepared.whole if w is not None)))
+                progress.update(docs=n, tokens=prepared.tokens)
         if lexical is None:
             return contextual  # type: ignore[return-value]
         if contextual is None:

@@ -115,3 +115,14 @@ def test_embeddings_file_records_the_channels(two_channel_model: ReformerEncoder
         enc.encode_parquet(tmp_path / "c.parquet", tmp_path / f"{channels}.parquet", show_progress=False)
         meta = read_embeddings_metadata(tmp_path / f"{channels}.parquet")
         assert meta["channels"] == channels and meta["model_id"] == enc.model_id and meta["dim"] == enc.dim
+
+
+def test_lexical_only_runs_count_their_tokens(two_channel_model: ReformerEncoder, tmp_path, one_thread) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = ["one text", "another, longer text", ""]
+    pq.write_table(pa.table({"id": ["a", "b", "c"], "text": texts}), tmp_path / "c.parquet")
+    enc = Encoder(two_channel_model, device="cpu", channels="lexical")
+    summary = enc.encode_parquet(tmp_path / "c.parquet", tmp_path / "e.parquet", show_progress=False)
+    assert summary.tokens == len("one text") + len("another, longer text")  # no Reformer pass, still the work
