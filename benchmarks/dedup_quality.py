@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fmt_ratio, markdown_table, write_json
+from model_quality import cluster_subset
 from vector_cache import DEFAULT_CACHE_ROOT
 
 ALL_METHODS = ("datasketch", "minhash", "embedding", "hybrid", "minilm")
@@ -70,9 +71,7 @@ def load(path: str, id_column: str, text_column: str, label_column: str, noise: 
     labels = table.column(label_column).to_pylist()
     rows = list(range(len(ids)))
     if max_clusters:
-        clusters = np.asarray([str(c) for c in labels])
-        chosen = np.random.default_rng(subset_seed).permutation(np.unique(clusters))[:max_clusters]
-        rows = np.flatnonzero(np.isin(clusters, chosen)).tolist()
+        rows = cluster_subset(np.asarray([str(c) for c in labels]), max_clusters, subset_seed).tolist()
     if limit:
         rows = rows[:limit]
     ids, texts, labels = [ids[r] for r in rows], [texts[r] for r in rows], [labels[r] for r in rows]

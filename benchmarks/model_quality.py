@@ -47,7 +47,16 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "dev" / "wiki_versions" / "corpus.parquet"
 _WORDS = re.compile(r"\w+")
 
-__all__ = ["family_metrics", "load_labelled", "main", "minhash_similarity", "shingles", "write_noisy_copy"]
+__all__ = ["cluster_subset", "family_metrics", "load_labelled", "main", "minhash_similarity", "shingles", "write_noisy_copy"]
+
+
+def cluster_subset(clusters: np.ndarray, max_clusters: int, seed: int) -> np.ndarray:
+    """Rows (in file order) of a seeded subset of ``max_clusters`` whole clusters of the labels ``clusters``
+    (every row when ``max_clusters`` is 0); dedup_quality.py takes the same subset."""
+    if not max_clusters:
+        return np.arange(len(clusters))
+    chosen = np.random.default_rng(seed).permutation(np.unique(clusters))[:max_clusters]
+    return np.flatnonzero(np.isin(clusters, chosen))
 
 
 def load_labelled(path: Path, max_clusters: int, max_chars: int, seed: int) -> dict[str, Any]:
@@ -59,11 +68,7 @@ def load_labelled(path: Path, max_clusters: int, max_chars: int, seed: int) -> d
     ids = [str(x) for x in table.column("id").to_pylist()]
     texts = table.column("text").to_pylist()
     clusters = np.asarray([str(c) for c in table.column("cluster").to_pylist()])
-    rows = np.arange(len(ids))
-    if max_clusters:
-        rng = np.random.default_rng(seed)
-        chosen = rng.permutation(np.unique(clusters))[:max_clusters]
-        rows = np.flatnonzero(np.isin(clusters, chosen))
+    rows = cluster_subset(clusters, max_clusters, seed)
     cut = sum(1 for r in rows if max_chars and len(texts[r]) > max_chars)
     return {
         "rows": rows,
