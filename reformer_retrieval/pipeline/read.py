@@ -31,16 +31,12 @@ from reformer_retrieval.corpus import (
     CorpusError,
     _text_problem,
 )
+from reformer_retrieval.corpus_formats import first_line as _first_line
 from reformer_retrieval.pipeline.runner import ShardTask, StageInfo
 
 __all__ = ["ReadTask", "ShardSpec", "check_unique_ids", "open_corpus", "plan_shards", "read_stage_columns"]
 
 DEFAULT_SHARD_ROWS = 65_536
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
 
 
 def _is_text_type(t: pa.DataType) -> bool:
