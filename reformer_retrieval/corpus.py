@@ -42,6 +42,8 @@ from reformer_retrieval.corpus_formats import (
 )
 
 __all__ = [
+    "CHANNELS",
+    "Channels",
     "CorpusError",
     "DocumentBatch",
     "DuplicateIdError",
@@ -59,6 +61,7 @@ __all__ = [
     "read_skipped",
     "read_texts",
     "resolve_sources",
+    "split_model_id",
     "write_embeddings",
     "write_skipped",
 ]
@@ -70,6 +73,22 @@ META_MODEL_ID = b"model_id"
 META_DIM = b"dim"
 META_VERSION = b"library_version"
 META_FORMAT = b"format"
+Channels = Literal["both", "contextual", "lexical"]
+CHANNELS: tuple[str, ...] = ("both", "contextual", "lexical")
+"""Values of ``Encoder(channels=...)`` and ``encode --channels``."""
+
+
+def split_model_id(model_id: str | None) -> tuple[str | None, Channels]:
+    """``(model's own id, channels)`` of an embeddings ``model_id`` (`Encoder.model_id`: ``"abc123def456"`` is
+    both channels, ``"abc123def456:lexical"`` the lexical channel alone)."""
+    if not model_id:
+        return model_id, "both"
+    base, _, suffix = model_id.partition(":")
+    if suffix and suffix not in CHANNELS:
+        raise ValueError(f"model_id {model_id!r}: unknown channels {suffix!r} (expected one of {', '.join(CHANNELS)})")
+    return base, (suffix or "both")  # type: ignore[return-value]
+
+
 META_CHANNELS = b"channels"
 """Which channels of the model the vectors hold: ``both``, ``contextual`` or ``lexical`` (also the suffix of a
 single-channel ``model_id``, e.g. ``aaa7ca85767a:lexical``)."""
@@ -480,7 +499,7 @@ def _embeddings_schema(dim: int, id_kind: IdKind, model_id: str) -> pa.Schema:
             META_DIM: str(dim).encode("ascii"),
             META_VERSION: __version__.encode("ascii"),
             META_FORMAT: EMBEDDINGS_FORMAT,
-            META_CHANNELS: (model_id.partition(":")[2] or "both").encode("utf-8"),
+            META_CHANNELS: split_model_id(model_id)[1].encode("utf-8"),
         },
     )
 

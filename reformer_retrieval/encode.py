@@ -39,6 +39,8 @@ from tqdm.auto import tqdm
 from reformer_retrieval.atomic import atomic_write_text
 from reformer_retrieval.checkpoint import load_model, load_tokenizer
 from reformer_retrieval.corpus import (
+    CHANNELS,
+    Channels,
     CorpusError,
     EmbeddingWriter,
     IdKind,
@@ -49,6 +51,7 @@ from reformer_retrieval.corpus import (
     iter_batches,
     read_skipped,
     resolve_sources,
+    split_model_id,
     write_skipped,
 )
 from reformer_retrieval.model.lexical import LexicalSketch
@@ -92,20 +95,6 @@ AUTO_PROGRESS_DOCS = 2_000
 AUTO_PROGRESS_TOKENS = 500_000
 """... or this many tokens (about 15 s on two CPU cores)."""
 LongDocs = Literal["truncate", "window"]
-Channels = Literal["both", "contextual", "lexical"]
-CHANNELS: tuple[str, ...] = ("both", "contextual", "lexical")
-"""Values of ``Encoder(channels=...)`` and ``encode --channels``."""
-
-
-def split_model_id(model_id: str | None) -> tuple[str | None, Channels]:
-    """``(model's own id, channels)`` of an embeddings ``model_id`` (`Encoder.model_id`: ``"abc123def456"`` is
-    both channels, ``"abc123def456:lexical"`` the lexical channel alone)."""
-    if not model_id:
-        return model_id, "both"
-    base, _, suffix = model_id.partition(":")
-    if suffix and suffix not in CHANNELS:
-        raise ValueError(f"model_id {model_id!r}: unknown channels {suffix!r} (expected one of {', '.join(CHANNELS)})")
-    return base, (suffix or "both")  # type: ignore[return-value]
 
 _DTYPES = {
     "float32": torch.float32,
