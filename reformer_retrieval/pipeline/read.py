@@ -31,6 +31,14 @@ from reformer_retrieval.corpus import (
     CorpusError,
     _text_problem,
 )
+from reformer_retrieval.corpus_formats import (
+    count_file_rows,
+    detect_format,
+    read_file_schema,
+    resolve_field,
+    resolve_sources,
+    scan_file,
+)
 from reformer_retrieval.corpus_formats import first_line as _first_line
 from reformer_retrieval.pipeline.runner import ShardTask, StageInfo
 
@@ -85,8 +93,6 @@ def open_corpus(source: str | os.PathLike[str]) -> tuple[pafs.FileSystem, list[s
     """
     text = os.fspath(source)
     if "://" not in text or text.startswith("file://"):
-        from reformer_retrieval.corpus_formats import resolve_sources
-
         return pafs.LocalFileSystem(), [str(p.absolute()) for p in resolve_sources(text)]
     try:
         fs, root = pafs.FileSystem.from_uri(text)
@@ -111,8 +117,6 @@ def open_corpus(source: str | os.PathLike[str]) -> tuple[pafs.FileSystem, list[s
 def _is_parquet(fs: pafs.FileSystem, path: str) -> bool:
     if not isinstance(fs, pafs.LocalFileSystem):
         return True  # remote sources: Parquet only (see open_corpus)
-    from reformer_retrieval.corpus_formats import detect_format
-
     return detect_format(path).kind == "parquet"
 
 
@@ -132,8 +136,6 @@ def plan_shards(
     id_kind = None
     for path in files:
         if not _is_parquet(fs, path):
-            from reformer_retrieval.corpus_formats import count_file_rows, read_file_schema, resolve_field
-
             schema = read_file_schema(path)
             rows = count_file_rows(path) if schema is not None else 0
             if schema is not None:
@@ -215,8 +217,6 @@ class ReadTask(ShardTask):
             empty = read_stage_columns(self.id_kind).empty_table()
             return empty, {"start": 0, "stop": 0, "file": spec.path, "skipped": 0}
         if not spec.row_groups:  # a JSON Lines / CSV file, whole
-            from reformer_retrieval.corpus_formats import scan_file
-
             batches = list(scan_file(spec.path, {self.id_column: self.id_column, self.text_column: self.text_column},
                                      batch_size=65_536))
             table = pa.Table.from_batches(batches) if batches else pa.table({self.id_column: [], self.text_column: []})
