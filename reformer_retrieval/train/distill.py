@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from reformer_retrieval.atomic import atomic_write_text
 from reformer_retrieval.checkpoint import load_model, load_tokenizer
 from reformer_retrieval.model.encoder import ReformerEncoder
 from reformer_retrieval.train.augment import augment
+from reformer_retrieval.train.schedule import warmup_cosine_lr
 from reformer_retrieval.train.state import latest_checkpoint, load_optimizer_state, save_checkpoint
 from reformer_retrieval.train.teacher import read_teacher_cache, window_texts
 
@@ -172,12 +172,7 @@ def fit_projection(
 
 
 def _lr_at(config: DistillConfig, step: int) -> float:
-    warm = max(1, int(config.warmup * config.steps))
-    if step < warm:
-        return config.lr * (step + 1) / warm
-    progress = min(1.0, (step - warm) / max(1, config.steps - warm))
-    floor = config.lr * config.min_lr_ratio
-    return floor + (config.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return warmup_cosine_lr(step, config.steps, config.lr, config.warmup, config.min_lr_ratio)
 
 
 def _batch(

@@ -52,6 +52,7 @@ from reformer_retrieval.train.data import (
 from reformer_retrieval.train.loss import info_nce
 from reformer_retrieval.train.metrics import embed_token_ids, pair_metrics, recall_at_1
 from reformer_retrieval.train.prefetch import Prefetcher, augment_one
+from reformer_retrieval.train.schedule import warmup_cosine_lr
 from reformer_retrieval.train.state import latest_checkpoint, load_optimizer_state, save_checkpoint
 
 __all__ = ["TrainError", "Trainer", "train"]
@@ -449,11 +450,7 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         """Learning rate of step ``step``: linear warm-up, then cosine decay to ``lr * min_lr_ratio``."""
         cfg = self.config
-        warm = max(1, round(cfg.warmup * cfg.steps))
-        if step < warm:
-            return cfg.lr * (step + 1) / warm
-        progress = min(1.0, (step - warm) / max(1, cfg.steps - warm))
-        return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+        return warmup_cosine_lr(step, cfg.steps, cfg.lr, cfg.warmup, cfg.min_lr_ratio)
 
     # ------------------------------------------------------------------ one step
     def _autocast(self) -> Any:
