@@ -355,6 +355,25 @@ def minhash_inputs(
     return sets, _signatures(hasher, sets)
 
 
+def _thresholds(method: str, threshold: float | None, minhash_threshold: float | None,
+                model_dir: str | Path | None) -> tuple[float | None, float | None]:
+    """(cosine, Jaccard) thresholds of ``method`` (None where it does not use that test), defaults filled
+    in (`default_threshold`, `DEFAULT_MINHASH_THRESHOLD`); `ValueError` when one is out of range."""
+    use_emb = method in ("embedding", "hybrid")
+    emb_t = (threshold if threshold is not None else default_threshold(method, model_dir)) if use_emb else None
+    if method == "minhash":
+        lex_t = threshold if threshold is not None else DEFAULT_MINHASH_THRESHOLD
+    elif method == "hybrid":
+        lex_t = minhash_threshold if minhash_threshold is not None else DEFAULT_MINHASH_THRESHOLD
+    else:
+        lex_t = None
+    if lex_t is not None and not 0.0 < lex_t < 1.0:
+        raise ValueError(f"the Jaccard threshold must be in (0, 1), got {lex_t}")
+    if emb_t is not None and not -1.0 <= emb_t <= 1.0:
+        raise ValueError(f"the cosine threshold must be in [-1, 1], got {emb_t}")
+    return emb_t, lex_t
+
+
 def find_duplicates(
     ids: Sequence[Any],
     vectors: np.ndarray | None = None,
@@ -436,17 +455,7 @@ def find_duplicates(
         raise ValueError(f"method {method!r} needs the texts")
     if texts is not None and len(texts) != n:
         raise ValueError(f"{len(texts)} texts for {n} ids")
-    emb_t = (threshold if threshold is not None else default_threshold(method, model_dir)) if use_emb else None
-    if method == "minhash":
-        lex_t = threshold if threshold is not None else DEFAULT_MINHASH_THRESHOLD
-    elif method == "hybrid":
-        lex_t = minhash_threshold if minhash_threshold is not None else DEFAULT_MINHASH_THRESHOLD
-    else:
-        lex_t = None
-    if lex_t is not None and not 0.0 < lex_t < 1.0:
-        raise ValueError(f"the Jaccard threshold must be in (0, 1), got {lex_t}")
-    if emb_t is not None and not -1.0 <= emb_t <= 1.0:
-        raise ValueError(f"the cosine threshold must be in [-1, 1], got {emb_t}")
+    emb_t, lex_t = _thresholds(method, threshold, minhash_threshold, model_dir)
     seconds: dict[str, float] = {}
     candidates = []
     saturated = 0

@@ -34,12 +34,11 @@ from reformer_retrieval.dedup import (
     DEFAULT_MINHASH_NGRAM,
     DEFAULT_MINHASH_PERM,
     DEFAULT_MINHASH_SHINGLE,
-    DEFAULT_MINHASH_THRESHOLD,
     KEEP_POLICIES,
     METHODS,
     DedupResult,
     _representatives,
-    default_threshold,
+    _thresholds,
 )
 from reformer_retrieval.indexes.minhash import optimal_params
 from reformer_retrieval.pipeline.bands import DEFAULT_MAX_BANDS, DEFAULT_RECALL, BandsTask, srp_params
@@ -122,16 +121,7 @@ def dedup_pipeline(
     use_emb, use_lex = method in ("embedding", "hybrid"), method in ("minhash", "hybrid")
     if use_emb and index not in PIPELINE_INDEXES:
         raise ValueError(f"the staged dedup takes index {' or '.join(PIPELINE_INDEXES)}, not {index!r}")
-    emb_t = (threshold if threshold is not None else default_threshold(method, model)) if use_emb else None
-    lex_t = None
-    if method == "minhash":
-        lex_t = threshold if threshold is not None else DEFAULT_MINHASH_THRESHOLD
-    elif method == "hybrid":
-        lex_t = minhash_threshold if minhash_threshold is not None else DEFAULT_MINHASH_THRESHOLD
-    if lex_t is not None and not 0.0 < lex_t < 1.0:
-        raise ValueError(f"the Jaccard threshold must be in (0, 1), got {lex_t}")
-    if emb_t is not None and not -1.0 <= emb_t <= 1.0:
-        raise ValueError(f"the cosine threshold must be in [-1, 1], got {emb_t}")
+    emb_t, lex_t = _thresholds(method, threshold, minhash_threshold, model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     runner = StageRunner(out / "stages" if work_dir is None else work_dir, engine, show_progress)
