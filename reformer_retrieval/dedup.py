@@ -56,6 +56,7 @@ __all__ = [
     "default_threshold",
     "find_duplicates",
     "minhash_inputs",
+    "minhash_margin",
     "model_id_of",
     "union_find",
 ]
@@ -355,6 +356,11 @@ def minhash_inputs(
     return sets, _signatures(hasher, sets)
 
 
+def minhash_margin(num_perm: int) -> float:
+    """How far below the threshold a MinHash estimate may lie and still get the exact Jaccard check."""
+    return max(0.1, 2.5 / np.sqrt(num_perm))
+
+
 def _thresholds(method: str, threshold: float | None, minhash_threshold: float | None,
                 model_dir: str | Path | None) -> tuple[float | None, float | None]:
     """(cosine, Jaccard) thresholds of ``method`` (None where it does not use that test), defaults filled
@@ -498,7 +504,7 @@ def find_duplicates(
     if mh is not None and shingles is not None:
         # pairs whose MinHash estimate is far (>= 5 standard errors) below the threshold are rejected
         # without the exact check; every accepted pair is verified exactly
-        margin = max(0.1, 2.5 / np.sqrt(num_perm))
+        margin = minhash_margin(num_perm)
         estimate = mh.estimated_jaccard(pairs[:, 0], pairs[:, 1]) if len(pairs) else np.zeros(0)
         check = np.flatnonzero(estimate >= lex_t - margin)
         if raw_shingles:

@@ -31,17 +31,13 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from reformer_retrieval.dedup import minhash_margin
 from reformer_retrieval.pipeline.runner import ShardTask, shard_path
 from reformer_retrieval.pipeline.sketch import to_matrix
 
 __all__ = ["VerifyHalfTask", "VerifyTask", "exact_jaccard", "minhash_margin", "pair_verdicts"]
 
 _LABELS = np.array(["minhash", "embedding", "minhash", "embedding+minhash"])
-
-
-def minhash_margin(num_perm: int) -> float:
-    """How far below the threshold a MinHash estimate may lie and still get the exact check."""
-    return max(0.1, 2.5 / np.sqrt(num_perm))
 
 
 def exact_jaccard(values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray,
