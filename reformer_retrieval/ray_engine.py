@@ -169,9 +169,8 @@ class _EncodeBatch:
             v, n, t = self.encoder.encode_with_info(good)
             idx = np.flatnonzero(ok)
             vectors[idx], n_tokens[idx], truncated[idx] = v, n, t
-        emb = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim)
-        mask = pa.array([not k for k in ok])
-        emb = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim, mask=mask) if not all(ok) else emb
+        mask = None if all(ok) else pa.array([not k for k in ok])
+        emb = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim, mask=mask)
         return (batch.append_column("embedding", emb).append_column("n_tokens", pa.array(n_tokens))
                 .append_column("truncated", pa.array(truncated)))
 
@@ -297,7 +296,7 @@ def encode_corpus(
     start = time.perf_counter()
     ray = init_ray(address)
     fs, shards, id_kind = plan_shards(corpus, id_column, text_column)  # checks every file's columns
-    files = sorted({s.path for s in shards}, key=[s.path for s in shards].index)
+    files = list(dict.fromkeys(s.path for s in shards))  # in shard order, each once
     info = Encoder.load(model, device="cpu", **encoder_options)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
