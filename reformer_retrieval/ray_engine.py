@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from reformer_retrieval.corpus_formats import first_line
 from reformer_retrieval.pipeline.runner import ShardTask
 
 __all__ = ["RayEngine", "dedup_dataset", "encode_corpus", "encode_dataset", "init_ray", "require_ray"]
@@ -73,9 +74,8 @@ def _run_shards(batch: dict[str, np.ndarray], task: ShardTask, stage_dir: str) -
             rows.append(int(task.run_and_write(stage_dir, int(i))["rows"]))
             errors.append("")
         except (ValueError, OSError) as exc:
-            lines = str(exc).strip().splitlines()
             rows.append(-1)
-            errors.append(lines[0] if lines else type(exc).__name__)
+            errors.append(first_line(exc))
     return {"shard": np.asarray(batch["shard"], np.int64), "rows": np.asarray(rows, np.int64),
             "error": np.asarray(errors, dtype=object)}
 
