@@ -31,6 +31,9 @@ __all__ = ["DEFAULT_MAX_BANDS", "DEFAULT_RECALL", "BandsTask", "srp_params", "sr
 #: Most sign-random-projection bands per document.
 DEFAULT_MAX_BANDS = 64
 FAMILY_MINHASH, FAMILY_SRP = 0, 1
+#: Rows whose sign bits are computed at once (64 bands x 25 bits: ~330 MB of float64 projections and
+#: uint64 bits per 8,192 rows, instead of ~2.6 GB for a 65K-row shard at once).
+SRP_CHUNK = 8_192
 
 
 def srp_recall(cosine: float, bands: int, rows: int) -> float:
@@ -115,8 +118,11 @@ class BandsTask(ShardTask):
             x = to_matrix(t.column("embedding"), np.float64)
             s = self.srp
             planes = srp_planes(x.shape[1], s["bands"], s["rows"], s["seed"])
-            bits = (x @ planes > 0).reshape(len(x), s["bands"], s["rows"]).astype(np.uint64)
-            packed = (bits << np.arange(s["rows"], dtype=np.uint64)).sum(axis=2, dtype=np.uint64)
+            shifts = np.arange(s["rows"], dtype=np.uint64)
+            packed = np.empty((len(x), s["bands"]), np.uint64)
+            for c in range(0, len(x), SRP_CHUNK):  # in row blocks: the bits take 8 bytes each until packed
+                bits = (x[c:c + SRP_CHUNK] @ planes > 0).reshape(-1, s["bands"], s["rows"]).astype(np.uint64)
+                packed[c:c + SRP_CHUNK] = (bits << shifts).sum(axis=2, dtype=np.uint64)
             salt = (np.arange(s["bands"], dtype=np.uint64) + np.uint64(1)) * _GOLD
             self._append(fam, band, key, row, FAMILY_SRP, _mix(packed ^ salt[None, :]), t.column("row").to_numpy())
         family = np.concatenate(fam) if fam else np.zeros(0, np.int8)
