@@ -39,12 +39,13 @@ from reformer_retrieval.dedup import (
     DedupResult,
     _representatives,
     _thresholds,
+    default_threshold,
 )
 from reformer_retrieval.indexes.minhash import optimal_params
 from reformer_retrieval.pipeline.bands import DEFAULT_MAX_BANDS, DEFAULT_RECALL, BandsTask, srp_params
 from reformer_retrieval.pipeline.candidates import DEFAULT_BUCKET_CAP, CandidatesTask
 from reformer_retrieval.pipeline.components import ComponentsTask
-from reformer_retrieval.pipeline.embed import EmbedTask
+from reformer_retrieval.pipeline.embed import EmbedTask, VectorsTask, embeddings_files
 from reformer_retrieval.pipeline.read import DEFAULT_SHARD_ROWS, ReadTask, check_unique_ids
 from reformer_retrieval.pipeline.runner import Engine, StageInfo, StageRunner
 from reformer_retrieval.pipeline.sketch import SketchTask, to_matrix
@@ -87,6 +88,7 @@ def dedup_pipeline(
     components_mode: str = "single",
     shard_rows: int = DEFAULT_SHARD_ROWS,
     show_progress: bool = False,
+    embeddings: str | os.PathLike[str] | None = None,
 ) -> DedupResult:
     """Dedup a Parquet corpus with the staged pipeline and write the outputs into ``out_dir``.
 
@@ -106,6 +108,9 @@ def dedup_pipeline(
             (memory O(edges) on one machine); ``"rounds"``: large-star / small-star rounds over edge
             partitions (`reformer_retrieval.pipeline.star_rounds`), no task holding every edge. Same clusters.
         shard_rows: Rows per read shard (shards follow Parquet row groups).
+        embeddings: An embeddings dataset made beforehand (``id``, ``embedding``, ``n_tokens``, ``truncated``,
+            as ``encode`` writes; file, directory or URI): the ``embed`` stage takes each document's vector from
+            it by id instead of encoding (`VectorsTask`); the default threshold is that of its ``model_id``.
         Other arguments: as `reformer_retrieval.dedup.find_duplicates` / `dedup_corpus`.
 
     Returns:
@@ -121,6 +126,9 @@ def dedup_pipeline(
     use_emb, use_lex = method in ("embedding", "hybrid"), method in ("minhash", "hybrid")
     if use_emb and index not in PIPELINE_INDEXES:
         raise ValueError(f"the staged dedup takes index {' or '.join(PIPELINE_INDEXES)}, not {index!r}")
+    vectors_of = embeddings_files(embeddings)[2] if embeddings is not None and use_emb else None
+    if vectors_of is not None and threshold is None:  # the default of the model that made the vectors
+        threshold = default_threshold(method, model, model_id=vectors_of["model_id"])
     emb_t, lex_t = _thresholds(method, threshold, minhash_threshold, model)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -143,14 +151,17 @@ def dedup_pipeline(
             raise ValueError(f"bands x rows = {b} x {r} must be >= 1 and fit num_perm={num_perm}")
         mh_params = {"threshold": float(lex_t), "num_perm": num_perm, "bands": b, "rows": r, "seed": seed}
         sketch = runner.run(SketchTask(read.directory, n_shards, num_perm, shingle, ngram, seed), [read])
-    if use_emb:
+    if vectors_of is not None:
+        model_id = vectors_of["model_id"]
+        embed = runner.run(VectorsTask(read.directory, n_shards, os.fspath(embeddings)), [read])
+    elif use_emb:
         from reformer_retrieval.encode import Encoder
 
         model_id = Encoder.load(model, device="cpu").model_id
         embed = runner.run(EmbedTask(read.directory, n_shards, model, device, encoder_options, model_id), [read])
-        if index == "lsh":
-            sb, sr = srp_params(float(emb_t), recall, max_bands)
-            srp = {"threshold": float(emb_t), "recall": recall, "bands": sb, "rows": sr, "seed": seed}
+    if use_emb and index == "lsh":
+        sb, sr = srp_params(float(emb_t), recall, max_bands)
+        srp = {"threshold": float(emb_t), "recall": recall, "bands": sb, "rows": sr, "seed": seed}
 
     feature_stages = [s for s in (sketch, embed) if s is not None]
     bands_stage: StageInfo | None = None
