@@ -125,7 +125,7 @@ def _pad_chunks(
     With wrap-around, the last real chunk's successor (the first chunk) is written over the first padding
     chunk, whose keys no real query can see. Returns (n, before + n_chunks + after, c, ...).
     """
-    n, nc = x.shape[:2]
+    n = x.shape[0]
     rows = torch.arange(n, device=x.device)
     last = (n_real_chunks - 1).clamp(min=0)
     parts = []
@@ -136,9 +136,9 @@ def _pad_chunks(
         parts.append(x[:, :1])
     padded = torch.cat(parts, dim=1) if len(parts) > 1 else x
     if after and wrap:
-        short = n_real_chunks < nc
-        if bool(short.any()):
-            padded[rows[short], last[short] + before + 1] = x[short, 0]
+        # the first chunk after each row's last real one; for a row without padding chunks that is the appended
+        # copy of its first chunk already, so every row is written (no host read of which rows are short)
+        padded[rows, last + before + 1] = x[:, 0]
     return padded
 
 
@@ -224,7 +224,8 @@ def _slot_attention(
     scores = []
     for slot, (k, slot_ok) in enumerate(zip(keys, ok)):
         logits = _scores(q, k)  # (M, c, c)
-        if not bool(slot_ok.all()):
+        # a fully valid slot skips the bias on the CPU, where the test costs no synchronisation
+        if q.device.type != "cpu" or not bool(slot_ok.all()):
             bias = torch.zeros(slot_ok.shape, dtype=logits.dtype, device=q.device).masked_fill_(~slot_ok, MASK_PAD)
             logits = logits + bias.unsqueeze(1)
         if slot == self_slot:

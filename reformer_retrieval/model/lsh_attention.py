@@ -34,12 +34,17 @@ __all__ = [
     "PAD_BUCKET",
     "LSHSelfAttention",
     "SequenceInfo",
+    "bucket_factor_tensor",
     "bucket_factors",
     "hash_buckets",
+    "max_bucket_width",
     "rotation_width",
 ]
 
 PAD_BUCKET = 1 << 30
+
+HOST_READ_DEVICES = ("cpu",)
+"""Device types whose tensors the hashing may read on the host (free there; a synchronisation elsewhere)."""
 
 
 @dataclass
@@ -87,18 +92,70 @@ def bucket_factors(
     return (b1, b // b1)
 
 
-def rotation_width(config: ReformerConfig) -> int:
-    """Columns the rotation buffers need to cover every bucket count up to ``max_len``."""
-    max_chunks = config.max_len // config.chunk_size
-    widths = [sum(f // 2 for f in bucket_factors(1, config.num_buckets, config.bucket_factorise_above))]
+def _bucket_width(factors: tuple[int, ...]) -> int:
+    """Rotation columns a bucket count uses: half of each factor."""
+    return sum(f // 2 for f in factors)
+
+
+def max_bucket_width(max_chunks: int, fixed: int | tuple[int, ...] | None = None, factorise_above: int = 128) -> int:
+    """Rotation columns that cover the bucket count of every document of at most ``max_chunks`` chunks.
+
+    The width is not monotonic in the length (a count above ``factorise_above`` is split into two smaller
+    factors), so every count up to the longest is considered: counts only change at powers of two.
+    """
+    widths = [_bucket_width(bucket_factors(1, fixed, factorise_above))]
     n = 1
     while n <= max_chunks:
-        widths.append(sum(f // 2 for f in bucket_factors(n, config.num_buckets, config.bucket_factorise_above)))
+        widths.append(_bucket_width(bucket_factors(n, fixed, factorise_above)))
         n *= 2
-    widths.append(
-        sum(f // 2 for f in bucket_factors(max_chunks, config.num_buckets, config.bucket_factorise_above))
-    )
+    widths.append(_bucket_width(bucket_factors(max(1, max_chunks), fixed, factorise_above)))
     return max(widths)
+
+
+def rotation_width(config: ReformerConfig) -> int:
+    """Columns the rotation buffers need to cover every bucket count up to ``max_len``."""
+    return max_bucket_width(config.max_len // config.chunk_size, config.num_buckets, config.bucket_factorise_above)
+
+
+def bucket_factor_tensor(
+    n_chunks: torch.Tensor, fixed: int | tuple[int, ...] | None = None, factorise_above: int = 128
+) -> torch.Tensor:
+    """`bucket_factors` of every document at once, on the device, without reading the counts on the host.
+
+    Args:
+        n_chunks: (B,) long, real chunks per document (at least 1).
+
+    Returns:
+        (B, 2) long: the first and second factor; the second is 1 when the count is not factorised.
+    """
+    if fixed is not None:
+        f = tuple(fixed) if isinstance(fixed, tuple) else (int(fixed),)
+        row = torch.tensor([f[0], f[1] if len(f) > 1 else 1], dtype=torch.long, device=n_chunks.device)
+        return row.expand(n_chunks.shape[0], 2).clone()
+    # largest power of two <= 2 n (at least 2): frexp's exponent e has 2^(e-1) <= 2n < 2^e, exactly
+    _, exp = torch.frexp((2 * n_chunks.clamp(min=1)).double())
+    log_b = (exp.long() - 1).clamp(min=1)
+    b = torch.ones_like(log_b) << log_b
+    split = b > factorise_above
+    b1 = torch.ones_like(log_b) << (log_b // 2)
+    first = torch.where(split, b1, b)
+    second = torch.where(split, b // b1, torch.ones_like(b))
+    return torch.stack([first, second], dim=1)
+
+
+def _first_extreme(x: torch.Tensor, keep: torch.Tensor, offset: torch.Tensor, half: torch.Tensor) -> torch.Tensor:
+    """``argmax([x; -x])`` over the columns ``keep`` (a contiguous range starting at ``offset``), as an index
+    into that range: the first maximum, ties going to ``x`` (as `hash_buckets` always did on the slice)."""
+    top, top_i = x.masked_fill(~keep, float("-inf")).max(dim=-1)
+    low, low_i = x.masked_fill(~keep, float("inf")).min(dim=-1)
+    return torch.where(top >= -low, top_i - offset, low_i - offset + half)
+
+
+def _slice_extreme(part: torch.Tensor, half: int) -> torch.Tensor:
+    """``argmax([part; -part])`` over the last axis: the first maximum, ties going to ``part``."""
+    top, top_i = part.max(dim=-1)
+    low, low_i = part.min(dim=-1)
+    return torch.where(top >= -low, top_i, low_i + half)
 
 
 def hash_buckets(
@@ -106,57 +163,74 @@ def hash_buckets(
     rotations: torch.Tensor,
     n_rounds: int,
     key_valid: torch.Tensor,
-    factors: list[tuple[int, ...]],
+    factors: torch.Tensor | list[tuple[int, ...]],
+    width: int | None = None,
+    split: bool | None = None,
 ) -> torch.Tensor:
     """Angular-LSH buckets of every position, per head and round.
+
+    One batched product for every document and head (no Python loop over heads or bucket counts): every
+    document is rotated by the first ``width`` columns, and each of its factors takes the argmax over its own
+    columns (masked reductions; the same products and the same first-maximum ties as rotating each group of
+    documents by its own columns). Off the CPU nothing is read back to the host (no synchronisation); on the
+    CPU, where reading is free, a batch whose documents share one count skips the masks (same buckets).
 
     Args:
         qk: (B, H, L, d) vectors to hash (detached).
         rotations: (H, R_max, d, W) fixed random rotations.
         n_rounds: Hash rounds to use (a prefix of R_max).
         key_valid: (B, L) bool; padding gets ``PAD_BUCKET`` so it sorts after every real token.
-        factors: Bucket factors of each document (see `bucket_factors`).
+        factors: Bucket factors of each document: (B, 2) long from `bucket_factor_tensor`, or a list of
+            `bucket_factors` tuples.
+        width: Columns to rotate by, at least every document's width (`max_bucket_width`); by default the
+            widest document's from a list, the whole buffer for a tensor.
+        split: Whether any document may have a second factor (False skips its reductions); by default read
+            from a list, True for a tensor.
 
     Returns:
         (B, H, n_rounds, L) long tensor of bucket ids.
     """
-    B, H, L, _ = qk.shape
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for b, f in enumerate(factors):
-        groups.setdefault(f, []).append(b)
-    out: torch.Tensor | None = None
-    for f, members in groups.items():
-        idx = torch.tensor(members, device=qk.device)
-        width = sum(x // 2 for x in f)
-        x = qk.index_select(0, idx) if len(groups) > 1 else qk
-        rot = rotations[:, :n_rounds, :, :width].float()  # (H, R, d, w)
-        rot = rot.permute(0, 2, 1, 3).reshape(H, rot.shape[2], n_rounds * width)  # (H, d, R * w)
-        per_head = []
-        for h in range(H):  # one (b * L, d) x (d, R * w) GEMM per head; w innermost for the reductions
-            rotated = torch.matmul(x[:, h].float(), rot[h]).view(x.shape[0], L, n_rounds, width)
-            bucket: torch.Tensor | None = None
-            offset, scale = 0, 1
-            for n_b in f:
-                part = rotated[..., offset : offset + n_b // 2]
-                # argmax over [part, -part] without building it: the first maximum, ties going to ``part``
-                top, top_i = part.max(dim=-1)
-                low, low_i = part.min(dim=-1)
-                arg = torch.where(top >= -low, top_i, low_i + n_b // 2)
-                bucket = arg * scale if bucket is None else bucket.add_(arg, alpha=scale)
-                offset += n_b // 2
-                scale *= n_b
-            assert bucket is not None
-            per_head.append(bucket.transpose(1, 2))  # (b, R, L)
-        bucket = torch.stack(per_head, dim=1)  # (b, H, R, L)
-        valid = key_valid.index_select(0, idx)[:, None, None, :]
-        bucket = bucket.masked_fill(~valid, PAD_BUCKET)
-        if len(groups) == 1:
-            return bucket
-        if out is None:
-            out = torch.full((B, H, n_rounds, L), PAD_BUCKET, dtype=torch.long, device=qk.device)
-        out[idx] = bucket
-    assert out is not None
-    return out
+    B, H, L, d = qk.shape
+    if not isinstance(factors, torch.Tensor):
+        width = width or max(_bucket_width(f) for f in factors)
+        split = any(len(f) > 1 for f in factors) if split is None else split
+        factors = torch.tensor([[f[0], f[1] if len(f) > 1 else 1] for f in factors], dtype=torch.long)
+    factors = factors.to(qk.device)
+    split = True if split is None else split
+    uniform: tuple[int, int] | None = None
+    if qk.device.type in HOST_READ_DEVICES:
+        # reading the counts costs nothing on the host: when every document has the same count (one document,
+        # a batch of equal lengths), rotate by its columns only and reduce plain slices (no masks)
+        first, second = factors[:, 0], factors[:, 1]
+        if bool((first == first[0]).all() & (second == second[0]).all()):
+            uniform = (int(first[0]), int(second[0]))
+            width, split = uniform[0] // 2 + uniform[1] // 2, uniform[1] > 1
+    width = min(width or rotations.shape[-1], rotations.shape[-1])
+    rot = rotations[:, :n_rounds, :, :width].float()  # (H, R, d, w)
+    rot = rot.permute(0, 2, 1, 3).reshape(H, d, n_rounds * width)  # (H, d, R * w); w innermost for the reductions
+    rotated = torch.matmul(qk.float(), rot).view(B, H, L, n_rounds, width)
+    if uniform is not None:
+        f1, f2 = uniform
+        bucket = _slice_extreme(rotated[..., : f1 // 2], f1 // 2)
+        if split:
+            bucket.add_(_slice_extreme(rotated[..., f1 // 2 :], f2 // 2), alpha=f1)
+        return bucket.transpose(-1, -2).masked_fill(~key_valid[:, None, None, :], PAD_BUCKET)
+    half1, half2 = factors[:, 0] // 2, factors[:, 1] // 2  # half2 = 0: one factor
+    col = torch.arange(width, device=qk.device)
+
+    def cols(keep: torch.Tensor) -> torch.Tensor:  # (B, w) column mask -> (B, 1, 1, 1, w)
+        return keep.view(B, 1, 1, 1, width)
+
+    def per_doc(t: torch.Tensor) -> torch.Tensor:  # (B,) -> (B, 1, 1, 1), against (B, H, L, R)
+        return t.view(B, 1, 1, 1)
+
+    bucket = _first_extreme(rotated, cols(col < half1[:, None]), per_doc(torch.zeros_like(half1)), per_doc(half1))
+    if split:
+        keep2 = (col >= half1[:, None]) & (col < (half1 + half2)[:, None])
+        second = _first_extreme(rotated, cols(keep2), per_doc(half1), per_doc(half2))
+        bucket = torch.where(per_doc(half2 > 0), bucket + per_doc(factors[:, 0]) * second, bucket)
+    bucket = bucket.transpose(-1, -2)  # (B, H, R, L)
+    return bucket.masked_fill(~key_valid[:, None, None, :], PAD_BUCKET)
 
 
 def sort_by_buckets(buckets: torch.Tensor) -> torch.Tensor:
@@ -232,12 +306,19 @@ class LSHSelfAttention(nn.Module):
     def compute_buckets(self, qk: torch.Tensor, info: SequenceInfo) -> torch.Tensor:
         """Buckets of ``qk`` (B, H, L, d) for the current number of rounds."""
         self.hash_calls += 1
-        n_chunks = self._n_real_chunks(info).tolist()
-        factors = [bucket_factors(n, self.num_buckets, self.factorise_above) for n in n_chunks]
+        # per-document counts stay on the device (no host sync); the static bounds come from the padded length
+        factors = bucket_factor_tensor(self._n_real_chunks(info), self.num_buckets, self.factorise_above)
+        max_chunks = -(-info.length // self.chunk)
+        width = max_bucket_width(max_chunks, self.num_buckets, self.factorise_above)
+        split = any(
+            len(bucket_factors(n, self.num_buckets, self.factorise_above)) > 1 for n in (max_chunks, 1)
+        )
         # every bucket decision in float32, whatever autocast or the model's dtype: a vector must not depend on
         # the device or precision that computed it (a bf16 rotation flips near-tie buckets)
         with torch.autocast(device_type=qk.device.type, enabled=False):
-            return hash_buckets(qk.detach(), self.rotations, self.n_rounds, info.key_valid, factors)
+            return hash_buckets(
+                qk.detach(), self.rotations, self.n_rounds, info.key_valid, factors, width=width, split=split
+            )
 
     def _apply(self, fn: Any, recurse: bool = True) -> LSHSelfAttention:
         """`nn.Module._apply` (``.to``, ``.half``, ``.cuda`` ...) that moves the rotations to the new device but

@@ -8,15 +8,20 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from reformer_retrieval import ReformerConfig
+from reformer_retrieval.model import lsh_attention
 from reformer_retrieval.model.chunked_attention import full_attention
 from reformer_retrieval.model.lsh_attention import (
     PAD_BUCKET,
     LSHSelfAttention,
     SequenceInfo,
+    bucket_factor_tensor,
     bucket_factors,
+    max_bucket_width,
     rotation_width,
+    sort_by_buckets,
 )
 
 D64 = torch.float64
@@ -82,6 +87,97 @@ def test_buckets_equal_an_independent_angular_lsh():
                 assert (got[:n] == expected[:n]).all()
                 assert (got[n:] == PAD_BUCKET).all()
                 assert got[:n].max() < int(np.prod(factors))
+
+
+def _grouped_loop_buckets(qk, rotations, n_rounds, key_valid, factors):
+    """The hashing as it was before it was vectorised: documents grouped by bucket count, one GEMM per head."""
+    B, H, L, _ = qk.shape
+    out = torch.full((B, H, n_rounds, L), PAD_BUCKET, dtype=torch.long)
+    for f in set(factors):
+        idx = torch.tensor([b for b, g in enumerate(factors) if g == f])
+        width = sum(x // 2 for x in f)
+        rot = rotations[:, :n_rounds, :, :width].permute(0, 2, 1, 3).reshape(H, -1, n_rounds * width)
+        for h in range(H):
+            rotated = torch.matmul(qk[idx, h], rot[h]).view(len(idx), L, n_rounds, width)
+            bucket, offset, scale = 0, 0, 1
+            for n_b in f:
+                part = rotated[..., offset : offset + n_b // 2]
+                top, top_i = part.max(dim=-1)
+                low, low_i = part.min(dim=-1)
+                bucket = bucket + scale * torch.where(top >= -low, top_i, low_i + n_b // 2)
+                offset, scale = offset + n_b // 2, scale * n_b
+            out[idx, h] = bucket.transpose(1, 2).masked_fill(~key_valid[idx, None, :], PAD_BUCKET)
+    return out
+
+
+@pytest.mark.parametrize("host_reads", [True, False])
+@pytest.mark.parametrize(
+    ("lengths", "factorise_above"),
+    [([1024], 8), ([1024, 1024], 128), ([64, 40, 7], 8), ([256, 20, 4, 1], 128), ([1000, 300, 17, 700], 8)],
+)
+def test_vectorised_hashing_equals_the_grouped_per_head_loop(monkeypatch, lengths, factorise_above, host_reads):
+    """Bit-identical buckets: one batched product for all heads and documents (masked per-document columns, or
+    plain slices when the CPU sees one shared count) against the old grouped loop, mixed counts included."""
+    if not host_reads:
+        monkeypatch.setattr(lsh_attention, "HOST_READ_DEVICES", ())
+    cfg = _config(n_heads=3, d_model=48, max_len=1024, axial_pos_shape=(32, 32), bucket_factorise_above=factorise_above)
+    attn = LSHSelfAttention(cfg, 0).eval()
+    L = max(lengths)
+    info = _info(lengths, L)
+    qk = torch.randn(len(lengths), cfg.n_heads, L, cfg.head_dim, generator=torch.Generator().manual_seed(11))
+    chunks = [max(1, -(-n // cfg.chunk_size)) for n in lengths]
+    factors = [bucket_factors(n, None, factorise_above) for n in chunks]
+    expected = _grouped_loop_buckets(qk, attn.rotations, cfg.eval_hashes, info.key_valid, factors)
+    assert torch.equal(attn.compute_buckets(qk, info), expected)
+    assert torch.equal(
+        bucket_factor_tensor(torch.tensor(chunks), None, factorise_above),
+        torch.tensor([[f[0], f[1] if len(f) > 1 else 1] for f in factors]),
+    )
+
+
+def test_bucket_factor_tensor_equals_bucket_factors():
+    n = torch.arange(0, 70_000)
+    for fixed, above in ((None, 128), (None, 8), (32, 128), ((4, 8), 128)):
+        got = bucket_factor_tensor(n, fixed, above).tolist()
+        want = [bucket_factors(max(1, int(m)), fixed, above) for m in n]
+        assert got == [[f[0], f[1] if len(f) > 1 else 1] for f in want]
+        assert max_bucket_width(1024, fixed, above) == max(sum(x // 2 for x in f) for f in want[:1025])
+
+
+class _HostReads(TorchDispatchMode):
+    """Records every op that reads a tensor's values on the host (a device synchronisation off the CPU)."""
+
+    READS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten._unique", "aten.unique")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func).startswith(self.READS):
+            self.reads.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def test_hashing_reads_nothing_back_to_the_host(monkeypatch):
+    """The issue's requirement: bucket counts, hashing and sorting of a mixed batch run without one host read
+    (``.tolist()``, ``.item()``, ``bool(tensor)``, ``nonzero``) off the CPU; the CPU shortcut is turned off so
+    the device path runs here."""
+    monkeypatch.setattr(lsh_attention, "HOST_READ_DEVICES", ())
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("tensor read on the host")
+
+    monkeypatch.setattr(torch.Tensor, "tolist", refuse)
+    monkeypatch.setattr(torch.Tensor, "numpy", refuse)
+    cfg = _config(bucket_factorise_above=8)
+    attn = LSHSelfAttention(cfg, 0).eval()
+    info = _info([512, 100, 3], 512)
+    qk = torch.randn(3, cfg.n_heads, 512, cfg.head_dim, generator=torch.Generator().manual_seed(12))
+    with _HostReads() as guard:
+        perm = sort_by_buckets(attn.compute_buckets(qk, info))
+    assert guard.reads == []
+    assert perm.shape == (3, cfg.n_heads, cfg.eval_hashes, 512)
 
 
 def test_rotations_are_fixed_buffers_independent_of_the_global_rng():
