@@ -38,6 +38,7 @@ import os
 import torch
 
 from reformer_retrieval.model.chunked_attention import (
+    MASK_PAD,
     MASK_SELF,
     PermuteRows,
     _SortRows,
@@ -62,11 +63,40 @@ def padded_length(length: int, chunk: int) -> int:
     return chunk * (1 << (n - 1).bit_length())
 
 
+# one compiled kernel per length bucket (`padded_length`) and model shape; the rows (documents x heads x rounds)
+# ride in FlexAttention's batch dimension, marked dynamic, so a new batch size does not recompile
+_RECOMPILE_LIMIT = 64
+
+
 @functools.cache
 def _compiled_flex():
+    import torch._dynamo
     from torch.nn.attention.flex_attention import flex_attention
 
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), _RECOMPILE_LIMIT))  # past it, dynamo falls back to eager
     return torch.compile(flex_attention, dynamic=False)
+
+
+def _rows_dynamic(*tensors: torch.Tensor) -> None:
+    """Mark dimension 0 (the rows) of every tensor the kernel reads as dynamic."""
+    for t in tensors:
+        torch._dynamo.maybe_mark_dynamic(t, 0)
+
+
+def _run_kernel(q, k, v, score_mod, block_mask, return_lse: bool = False, compiled: bool = True):
+    """FlexAttention over (rows, Lq, d) / (rows, Lkv, d) inputs, one row per batch entry, one head."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    q, k, v = q[:, None], k[:, None], v[:, None]
+    if compiled:
+        _rows_dynamic(q, k, v, *(t for t in block_mask.as_tuple() if isinstance(t, torch.Tensor)))
+    fn = _compiled_flex() if compiled else flex_attention
+    res = fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=1.0, return_lse=return_lse)
+    if return_lse:
+        return res[0][:, 0], res[1][:, 0]
+    return res[:, 0]
 
 
 def flex_available(device: torch.device | str = "cpu") -> bool:
@@ -92,7 +122,7 @@ def _block_mask(
     slots: torch.Tensor, valid_sorted: torch.Tensor, chunk: int, length: int, sink: bool = False,
     backward: bool = False,
 ):
-    """BlockMask (1, rows, length, kv_length) from window slots (rows, n_chunks, S) and sorted validity.
+    """BlockMask (rows, 1, length, kv_length) from window slots (rows, n_chunks, S) and sorted validity.
 
     ``sink``: one more kv block (index ``n_chunks``) whose first key, at kv position ``length``, every query
     sees (the CPU kernel's logsumexp probe, see `_flex_forward_sink`). ``backward``: also build the
@@ -119,7 +149,7 @@ def _block_mask(
         order = torch.where(order >= n_kv, order - n_kv, order).to(torch.int32)
         # the kernels want one column per kv block
         order = torch.cat([order, order.new_zeros(rows, nc, n_kv - order.shape[-1])], dim=-1)
-        return num[None], order[None]
+        return num[:, None], order[:, None]
 
     kv_num, kv_idx = compact(partial)
     full_num, full_idx = compact(full)
@@ -133,12 +163,12 @@ def _block_mask(
         # the window test repeats the block structure, so the mask is exact even where a kernel evaluates
         # mask_mod densely (eager FlexAttention)
         kv_chunk = kv_idx // chunk
-        in_window = slots[h, q_idx // chunk, 0] == kv_chunk
+        in_window = slots[b, q_idx // chunk, 0] == kv_chunk
         for s in range(1, n_slots):
-            in_window = in_window | (slots[h, q_idx // chunk, s] == kv_chunk)
+            in_window = in_window | (slots[b, q_idx // chunk, s] == kv_chunk)
         if sink:
             in_window = in_window | (kv_idx == length)
-        return valid_kv[h, kv_idx] & in_window
+        return valid_kv[b, kv_idx] & in_window
 
     return BlockMask.from_kv_blocks(
         kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=chunk, mask_mod=mask_mod,
@@ -152,13 +182,65 @@ def _self_score_mod(score, b, h, q_idx, kv_idx):
 
 def _flex_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask, compiled: bool = True):
     """FlexAttention with its logsumexp (CUDA, or eager anywhere): ((rows, L, d), (rows, L))."""
-    from torch.nn.attention.flex_attention import flex_attention
+    return _run_kernel(q, k, v, _self_score_mod, block_mask, return_lse=True, compiled=compiled)
 
-    fn = _compiled_flex() if compiled else flex_attention
-    out, lse = fn(
-        q[None], k[None], v[None], score_mod=_self_score_mod, block_mask=block_mask, scale=1.0, return_lse=True
+
+def _sink_block_mask(slots: torch.Tensor, chunk: int, length: int):
+    """BlockMask (rows, 1, length, length + chunk) of the sink kernel: every used window slot and the sink
+    block (index ``n_chunks``) as full blocks, no ``mask_mod`` (padding is masked by the keys' bias column,
+    see `_flex_forward_sink`), so the compiled kernel captures no tensor and the rows can stay dynamic."""
+    from torch.nn.attention.flex_attention import BlockMask
+
+    rows, nc, _ = slots.shape
+    n_kv = nc + 1
+    idx = torch.cat([slots.clamp(min=0), torch.full_like(slots[..., :1], nc)], dim=-1)
+    used = torch.cat([slots >= 0, torch.ones_like(slots[..., :1], dtype=torch.bool)], dim=-1)
+    num = used.sum(dim=-1).to(torch.int32)
+    order = torch.where(used, idx, n_kv + idx).sort(dim=-1).values  # used first, in block order
+    order = torch.where(order >= n_kv, order - n_kv, order).to(torch.int32)
+    order = torch.cat([order, order.new_zeros(rows, nc, n_kv - order.shape[-1])], dim=-1)
+    empty_num = torch.zeros_like(num)
+    empty_idx = torch.zeros_like(order)
+    return BlockMask.from_kv_blocks(
+        empty_num[:, None], empty_idx[:, None], num[:, None], order[:, None], BLOCK_SIZE=chunk,
+        seq_lengths=(length, length + chunk),
     )
-    return out[0], lse[0]
+
+
+def _sink_key_block(rows: int, chunk: int, d: int, like: torch.Tensor) -> torch.Tensor:
+    """The sink block of the extended keys (rows, chunk, d + 2): the sink key ``[0, 0, 1]`` (its logit is the
+    query's ``|q|`` column), then keys masked by the bias column."""
+    block = like.new_zeros(rows, chunk, d + 2)
+    block[:, 0, d + 1] = 1.0
+    block[:, 1:, d] = MASK_PAD
+    return block
+
+
+def _sink_attention(qq: torch.Tensor, kk: torch.Tensor, vv: torch.Tensor, slots: torch.Tensor, chunk: int):
+    """Run the compiled sink kernel on extended inputs: queries (rows, Lp, d + 2) ``[q, 1, |q|]``, keys
+    (rows, Lp + chunk, d + 2) ``[k, bias, 0]`` then `_sink_key_block`, values (rows, Lp + chunk, d + 1)
+    ``[v, valid]`` then zeros; slots (rows, Lp / chunk, S) with empty slots for padding chunks. The only
+    ``score_mod`` is the query's own key set to ``MASK_SELF``. Returns (rows, Lp, d + 1)."""
+    length = qq.shape[1]
+    return _run_kernel(qq, kk, vv, _self_score_mod, _sink_block_mask(slots, chunk, length))
+
+
+def _sink_finish(
+    out: torch.Tensor, qn: torch.Tensor, slots: torch.Tensor, valid_sorted: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """From the sink kernel's rows (rows, Lp, d + 1): the sink fraction ``f`` (rows, Lp), the logsumexp
+    (float32; ``MASK_SELF`` for lone queries, -inf where a query sees no key) and the lone queries (the window
+    holds no real key but the query itself; their output is their own value)."""
+    rows = qn.shape[0]
+    d = out.shape[-1] - 1
+    f = out[..., d].float().clamp(max=1.0)
+    lse = qn + torch.log(f) - torch.log1p(-f)
+    cnt = valid_sorted.view(rows, -1, chunk).sum(dim=-1)  # (rows, nc)
+    in_window = torch.where(slots >= 0, cnt.gather(1, slots.clamp(min=0).view(rows, -1)).view_as(slots), 0).sum(-1)
+    lone = (in_window == 1).repeat_interleave(chunk, dim=1) & valid_sorted
+    lse = torch.where(lone, torch.full_like(lse, MASK_SELF), lse)
+    lse = torch.where(valid_sorted | (f > 0), lse, torch.full_like(lse, float("-inf")))
+    return f, lse, lone
 
 
 def _flex_forward_sink(
@@ -172,34 +254,24 @@ def _flex_forward_sink(
     That column of the output is ``f = x / (1 + x)`` with ``x = Z exp(-|q|)`` in ``(0, n_keys]``, so
     ``lse = |q| + log f - log1p(-f)`` and the output over the real keys is ``out / f``. A query whose only
     real key is itself (logit ``MASK_SELF``) gets its own value and ``lse = MASK_SELF``, as in the masked path.
+    The sink logit and the padding mask ride in two extra query / key columns (``[q, 1, |q|]`` against
+    ``[k, bias, 0]``, bias ``MASK_PAD`` at padding keys, and ``[0, 0, 1]`` for the sink), so the kernel
+    reads no captured tensor.
 
     Args: (rows, Lp, d) sorted inputs (Lp a multiple of ``chunk``), slots (rows, Lp / chunk, S),
     valid_sorted (rows, Lp). Returns ((rows, Lp, d), (rows, Lp) float32; -inf where a query sees no key).
     """
-    rows, L, d = q.shape
-    nc = L // chunk
-    qn = q.float().norm(dim=-1)  # (rows, L)
-    sink_rows = q.new_zeros(rows, chunk, d)
-    kk = torch.cat([k, sink_rows], dim=1)
+    rows, _, d = q.shape
+    qn_col = q.float().norm(dim=-1, keepdim=True).to(q.dtype)
+    qq = torch.cat([q, torch.ones_like(qn_col), qn_col], dim=-1)
+    bias = torch.zeros_like(qn_col).masked_fill_(~valid_sorted.unsqueeze(-1), MASK_PAD)
+    kk = torch.cat([torch.cat([k, bias, torch.zeros_like(bias)], dim=-1), _sink_key_block(rows, chunk, d, k)], dim=1)
     ones = valid_sorted.to(v.dtype).unsqueeze(-1)
-    vv = torch.cat([torch.cat([v, ones], dim=-1), q.new_zeros(rows, chunk, d + 1)], dim=1)
-    bm = _block_mask(slots, valid_sorted, chunk, L, sink=True)
-
-    def score_mod(score, b, h, q_idx, kv_idx):
-        own = torch.where(q_idx == kv_idx, torch.full_like(score, MASK_SELF), score)
-        return torch.where(kv_idx == L, qn[h, q_idx].to(score.dtype), own)
-
-    out = _compiled_flex()(q[None], kk[None], vv[None], score_mod=score_mod, block_mask=bm, scale=1.0)[0]
-    f = out[..., d].float().clamp(max=1.0)
+    vv = torch.cat([torch.cat([v, ones], dim=-1), v.new_zeros(rows, chunk, d + 1)], dim=1)
+    out = _sink_attention(qq, kk, vv, slots, chunk)
+    f, lse, lone = _sink_finish(out, qn_col[..., 0].float(), slots, valid_sorted, chunk)
     res = out[..., :d] / f.clamp(min=torch.finfo(torch.float32).tiny).unsqueeze(-1).to(out.dtype)
-    lse = qn + torch.log(f) - torch.log1p(-f)
-    # lone queries: the window holds no real key but the query itself
-    cnt = valid_sorted.view(rows, nc, chunk).sum(dim=-1)  # (rows, nc)
-    in_window = torch.where(slots >= 0, cnt.gather(1, slots.clamp(min=0).view(rows, -1)).view_as(slots), 0).sum(-1)
-    lone = (in_window == 1).repeat_interleave(chunk, dim=1) & valid_sorted
     res = torch.where(lone.unsqueeze(-1), v, res)
-    lse = torch.where(lone, torch.full_like(lse, MASK_SELF), lse)
-    lse = torch.where(valid_sorted | (f > 0), lse, torch.full_like(lse, float("-inf")))
     return res, lse
 
 
@@ -284,6 +356,93 @@ def window_slots_padded(slots: torch.Tensor, n_chunks: int) -> torch.Tensor:
     return torch.cat([slots, extra], dim=1)
 
 
+def _kernel_layout(
+    qk: torch.Tensor, v: torch.Tensor, key_valid: torch.Tensor, p: torch.Tensor, R: int, length: int, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sink kernel's extended inputs (see `_sink_attention`) gathered straight from the unsorted rows, one
+    row gather each (no sort-then-pad-then-concatenate copies): queries (rows, length, d + 2), keys
+    (rows, length + chunk, d + 2), values (rows, length + chunk, d + 1), and the sorted validity
+    (rows, length). Keys are normalised and ``|q|`` computed before sorting (the same per-vector arithmetic on
+    R times fewer rows)."""
+    N, L, d = qk.shape
+    rows = p.shape[0]
+    masked, sink = N * L, N * L + 1  # the two extra source rows
+    src = (torch.arange(N, device=qk.device).repeat_interleave(R) * L).unsqueeze(1) + p  # (rows, L)
+    index = torch.cat(
+        [src, src.new_full((rows, length - L), masked), src.new_full((rows, 1), sink),
+         src.new_full((rows, chunk - 1), masked)], dim=1,
+    )
+    flat_kv = index.reshape(-1)
+    flat_q = index[:, :length].reshape(-1)
+    qn = qk.float().norm(dim=-1, keepdim=True).to(qk.dtype)
+    ones = torch.ones_like(qn)
+    bias = torch.zeros_like(qn).masked_fill_(~key_valid.unsqueeze(-1), MASK_PAD)
+    extra_q = qk.new_zeros(2, d + 2)
+    q_src = torch.cat([torch.cat([qk, ones, qn], dim=-1).reshape(N * L, d + 2), extra_q])
+    kn = torch.nn.functional.normalize(qk, dim=-1, eps=1e-6)
+    extra_k = qk.new_zeros(2, d + 2)
+    extra_k[0, d] = MASK_PAD
+    extra_k[1, d + 1] = 1.0
+    k_src = torch.cat([torch.cat([kn, bias, torch.zeros_like(qn)], dim=-1).reshape(N * L, d + 2), extra_k])
+    v_src = torch.cat([torch.cat([v, key_valid.unsqueeze(-1).to(v.dtype)], dim=-1).reshape(N * L, d + 1),
+                       v.new_zeros(2, d + 1)])
+    valid_src = torch.cat([key_valid.reshape(-1), key_valid.new_zeros(2)])
+    qq = q_src.index_select(0, flat_q).view(rows, length, d + 2)
+    kk = k_src.index_select(0, flat_kv).view(rows, length + chunk, d + 2)
+    vv = v_src.index_select(0, flat_kv).view(rows, length + chunk, d + 1)
+    return qq, kk, vv, valid_src.index_select(0, flat_q).view(rows, length)
+
+
+def _flex_inference(
+    qk: torch.Tensor,
+    v: torch.Tensor,
+    perm: torch.Tensor,
+    key_valid: torch.Tensor,
+    n_real_chunks: torch.Tensor,
+    chunk: int,
+    before: int,
+    after: int,
+    wrap: bool,
+) -> torch.Tensor:
+    """`flex_chunked_attention` without gradients on the CPU, in fewer passes over the (rows, L, d) tensors:
+    inputs laid out by `_kernel_layout`, and the kernel's unnormalised rows taken back to position order and
+    weighted by ``softmax_r(lse) / f`` in one gather and one multiply-add per round (the division by the sink
+    fraction ``f`` and `combine_rounds` folded into one scale per query)."""
+    N, L, d = qk.shape
+    R = perm.shape[1]
+    rows = N * R
+    nc = L // chunk
+    length = padded_length(L, chunk)
+    p = perm.reshape(rows, L)
+    inv = inverse_permutation(p)
+    qq, kk, vv, valid_s = _kernel_layout(qk, v, key_valid, p, R, length, chunk)
+    row_of = torch.arange(N, device=qk.device).repeat_interleave(R)
+    slots = window_slots_padded(
+        window_slot_chunks(nc, n_real_chunks.index_select(0, row_of), before, after, wrap), length // chunk
+    )
+    out = _sink_attention(qq, kk, vv, slots, chunk)  # (rows, length, d + 1)
+    f, lse, lone = _sink_finish(out, qq[..., d + 1].float(), slots, valid_s, chunk)
+    f, lse, lone = (x[:, :L].gather(1, inv) for x in (f, lse, lone))  # position order
+    real = key_valid.index_select(0, row_of)
+    weights = torch.softmax(torch.where(real, lse, torch.zeros_like(lse)).view(N, R, L), dim=1)
+    f = f.view(N, R, L)
+    lone = lone.view(N, R, L)
+    scale = torch.where(lone, torch.zeros_like(weights), weights / f.clamp(min=torch.finfo(f.dtype).tiny))
+    # rows of the kernel output in position order: row r * length + inv
+    flat = (inv + (torch.arange(rows, device=qk.device) * length).unsqueeze(1)).view(N, R, L)
+    out2 = out.reshape(rows * length, d + 1)
+    acc_dtype = torch.promote_types(out.dtype, torch.float32)
+    combined = None
+    for r in range(R):
+        part = out2.index_select(0, flat[:, r].reshape(-1))[:, :d].view(N, L, d).to(acc_dtype)
+        term = scale[:, r].unsqueeze(-1).to(acc_dtype)
+        combined = part.mul_(term) if combined is None else combined.addcmul_(part, term)
+    assert combined is not None
+    if bool(lone.any()):  # free on the CPU; only batches holding a one-token document
+        combined = combined + (weights * lone).sum(1).unsqueeze(-1).to(acc_dtype) * v.to(acc_dtype)
+    return combined.to(qk.dtype)
+
+
 def flex_chunked_attention(
     qk: torch.Tensor,
     v: torch.Tensor,
@@ -315,6 +474,9 @@ def flex_chunked_attention(
     N, L, d = qk.shape
     R = perm.shape[1]
     nc = L // chunk
+    grad = torch.is_grad_enabled() and (qk.requires_grad or v.requires_grad)
+    if qk.device.type == "cpu" and kernel_lse and not grad:
+        return _flex_inference(qk, v, perm, key_valid, n_real_chunks, chunk, before, after, wrap)
     rows = torch.arange(N, device=qk.device).repeat_interleave(R)
     p = perm.reshape(N * R, L)
     inv = inverse_permutation(p)

@@ -75,6 +75,31 @@ def test_flex_equals_bruteforce_reference_values_and_gradients(lsh_reference, be
     assert (v32.grad.double() - v_ref.grad).abs().max().item() < 2e-5 * scale
 
 
+@pytest.mark.slow
+def test_flex_inference_path_equals_the_reference(lsh_reference):
+    """Without gradients the CPU kernel takes its fused inference path (inputs gathered straight into the
+    kernel's layout, un-sorting, the sink division and the round combination in one scale): the same values,
+    the lone token included, for LSH and for local attention (padding in the middle of a row)."""
+    qk, v, buckets, valid = _inputs(6)
+    ref, _ = lsh_reference(qk, v, buckets, valid, CHUNK)
+    with torch.no_grad():
+        out = _flex(qk.float(), v.float(), buckets, valid)
+    real = valid[:, None, :].expand(B, H, L)
+    assert (out.double() - ref)[real].abs().max().item() < 2e-5
+    assert torch.allclose(out[3, :, 0].double(), v[3, :, 0], atol=1e-6)  # the lone token: its own value
+    valid[1, 30:50] = False
+    ref = _local_reference(qk, v, valid)
+    ends = (valid.long() * torch.arange(1, L + 1)).amax(1)
+    nrc = ((ends + CHUNK - 1) // CHUNK).clamp(min=1).repeat_interleave(H, 0)
+    with torch.no_grad():
+        out = flex_chunked_attention(
+            qk.float().reshape(B * H, L, D), v.float().reshape(B * H, L, D), torch.arange(L).expand(B * H, 1, L),
+            valid.repeat_interleave(H, 0), nrc, CHUNK, 1, 1, wrap=False,
+        ).view(B, H, L, D)
+    real = valid[:, None, :].expand(B, H, L)
+    assert (out.double() - ref)[real].abs().max().item() < 2e-5
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")  # eager FlexAttention warns that it is meant to be compiled
 def test_cuda_formulation_run_eagerly_equals_the_reference(lsh_reference):
     """FlexAttention's own logsumexp (the CUDA path), evaluated eagerly on CPU: the mask alone is exact."""
@@ -146,16 +171,21 @@ def test_module_flex_equals_module_chunked_in_training():
         assert torch.allclose(p_c.grad, p_f.grad, atol=1e-4, rtol=1e-4), name
 
 
-def test_failed_compile_falls_back_with_one_line(monkeypatch, caplog):
-    """Where the kernel cannot run, the module logs one line and uses the masked path from then on."""
+@pytest.mark.parametrize("where", ["kernel", "compile"])
+def test_failed_compile_falls_back_with_one_line(monkeypatch, caplog, where):
+    """Where the kernel cannot run (here: the compiled call raising as inductor does without a C++ compiler,
+    or the whole kernel raising), the module logs one line and uses the masked path from then on."""
     chunked, flex = _module_pair()
     calls = []
 
     def broken(*args, **kwargs):
         calls.append(1)
-        raise RuntimeError("no C++ compiler\nlong trace")
+        raise RuntimeError("CppCompileError: C++ compile error: g++ not found\nlong trace")
 
-    monkeypatch.setattr("reformer_retrieval.model.lsh_attention.flex_chunked_attention", broken)
+    if where == "compile":
+        monkeypatch.setattr(flex_lsh, "_compiled_flex", lambda: broken)
+    else:
+        monkeypatch.setattr("reformer_retrieval.model.lsh_attention.flex_chunked_attention", broken)
     monkeypatch.setattr(flex_lsh, "_STATE", {})
     x = torch.randn(B, L, H * D, generator=torch.Generator().manual_seed(5))
     info = SequenceInfo.from_mask(_valid())
@@ -167,6 +197,27 @@ def test_failed_compile_falls_back_with_one_line(monkeypatch, caplog):
     warnings = [r for r in caplog.records if "FlexAttention cannot run" in r.getMessage()]
     assert len(warnings) == 1 and "\n" not in warnings[0].getMessage()
     assert torch.equal(out_f, out_c)
+
+
+@pytest.mark.slow
+def test_a_new_batch_size_does_not_recompile():
+    """Rows (documents x heads x rounds) ride in FlexAttention's batch dimension, marked dynamic: after the
+    first call at a padded length, other batch sizes reuse the compiled kernel (one compile per length)."""
+    from torch._dynamo.utils import counters
+
+    qk, v, buckets, valid = _inputs(7)
+    with torch.no_grad():
+        _flex(qk.float(), v.float(), buckets, valid)  # compiled (or loaded) once for this length
+        before = counters["stats"]["unique_graphs"]
+        for n in (1, 3):
+            nrc = ((valid[:n].sum(1) + CHUNK - 1) // CHUNK).clamp(min=1).repeat_interleave(H, 0)
+            out = flex_chunked_attention(
+                qk[:n].float().reshape(n * H, L, D), v[:n].float().reshape(n * H, L, D),
+                sort_by_buckets(buckets[:n]).reshape(n * H, R, L), valid[:n].repeat_interleave(H, 0), nrc,
+                CHUNK, 1, 1, True,
+            )
+            assert torch.isfinite(out).all()
+    assert counters["stats"]["unique_graphs"] == before
 
 
 def test_environment_switch_turns_the_kernel_off(monkeypatch):
