@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -109,6 +110,36 @@ def make_vectors(corpus: Path, embeddings: Path, n: int, seed: int = 0, dim: int
     return m
 
 
+def cpu_seconds() -> float:
+    """CPU seconds (user + system) of this process, its reaped children, and its live descendants with theirs.
+
+    The descendants (read from Linux ``/proc``; none elsewhere) include a local Ray instance started by this
+    process: its raylet, whose reaped workers count through it, and its live workers. Unlike wall time, this
+    does not grow when other jobs share the cores.
+    """
+    import os
+    import resource
+
+    total = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+                for f in ("ru_utime", "ru_stime"))
+    stats: dict[int, list[str]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stats[int(entry.name)] = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError, ValueError):
+            continue  # gone, or not Linux
+    children: dict[int, list[int]] = {}
+    for pid, f in stats.items():
+        children.setdefault(int(f[1]), []).append(pid)
+    todo, ticks = list(children.get(os.getpid(), [])), os.sysconf("SC_CLK_TCK")
+    while todo:
+        pid = todo.pop()
+        f = stats[pid]
+        total += sum(int(v) for v in f[11:15]) / ticks  # utime, stime, cutime, cstime
+        todo.extend(children.get(pid, []))
+    return total
+
+
 def _datasketch(spec: dict[str, Any]) -> dict[str, Any]:
     """datasketch MinHash + MinHashLSH on the corpus (see the module docstring), timed per step."""
     import itertools
@@ -171,11 +202,12 @@ def _child(spec: dict[str, Any]) -> dict[str, Any]:
 
     group = pq.read_table(spec["corpus"], columns=["group"]).column("group").to_numpy()
     if spec["engine"] == "datasketch":
-        t0 = time.perf_counter()
+        load0, cpu0, t0 = os.getloadavg()[0], cpu_seconds(), time.perf_counter()
         res = _datasketch(spec)
         seconds = time.perf_counter() - t0
         same = group[res["pair_a"]] == group[res["pair_b"]]
         return {**spec, "status": "ok", "seconds": round(seconds, 2), "docs_per_s": round(res["ids"] / seconds, 1),
+                "cpu_seconds": round(cpu_seconds() - cpu0, 1), "load_1min": [load0, os.getloadavg()[0]],
                 "peak_rss_mb": round(peak_rss_mb(), 1), "stages": res["stages"], "clusters": res["clusters"],
                 "candidate_pairs": res["candidates"], "verified_pairs": len(res["pair_a"]),
                 "false_pairs": int((~same).sum()),
@@ -195,18 +227,19 @@ def _pipeline_child(spec: dict[str, Any], group: np.ndarray) -> dict[str, Any]:
 
         ray.init(num_cpus=spec["cpus"], include_dashboard=False, log_to_driver=False)
         engine = RayEngine()
-    t0 = time.perf_counter()
+    load0, cpu0, t0 = os.getloadavg()[0], cpu_seconds(), time.perf_counter()
     if spec.get("method", "minhash") == "embedding":
         res = dedup_pipeline(spec["corpus"], spec["out"], method="embedding", embeddings=spec["embeddings"],
                              threshold=spec["threshold"], index="lsh", engine=engine)
     else:
         res = dedup_pipeline(spec["corpus"], spec["out"], method="minhash", threshold=0.5, engine=engine)
     seconds = time.perf_counter() - t0
+    cpu, load1 = cpu_seconds() - cpu0, os.getloadavg()[0]
     same = group[res.pair_a] == group[res.pair_b]
     # planted pairs found: pairs of the same planted group that end in one cluster
     found = dedup_metrics(res.cluster_id, group).correct_pairs
     return {**spec, "status": "ok", "seconds": round(seconds, 2), "docs_per_s": round(len(res.ids) / seconds, 1),
-            "peak_rss_mb": round(peak_rss_mb(), 1), "stages": res.summary["seconds"],
+            "cpu_seconds": round(cpu, 1), "load_1min": [load0, load1], "peak_rss_mb": round(peak_rss_mb(), 1), "stages": res.summary["seconds"],
             "clusters": res.summary["clusters"], "candidate_pairs": res.summary["candidate_pairs"],
             "verified_pairs": res.summary["verified_pairs"], "largest_bucket": res.summary["largest_bucket"],
             "false_pairs": int((~same).sum()), "planted_found": found}
@@ -220,8 +253,10 @@ def summary_lines(rows: list[dict[str, Any]]) -> list[str]:
         mine = sorted((r for r in ok if r["engine"] == engine), key=lambda r: r["n"])
         if len(mine) > 1:
             lo, hi = mine[0], mine[-1]
+            cpu = (f", CPU seconds {hi['cpu_seconds'] / lo['cpu_seconds']:.2f}x"
+                   if lo.get("cpu_seconds") and hi.get("cpu_seconds") else "")
             lines.append(f"{engine}: {lo['n']:,} -> {hi['n']:,} documents ({hi['n'] / lo['n']:.1f}x): time "
-                         f"{hi['seconds'] / lo['seconds']:.2f}x, driver peak RSS {hi['peak_rss_mb']:,.0f} MiB")
+                         f"{hi['seconds'] / lo['seconds']:.2f}x{cpu}, driver peak RSS {hi['peak_rss_mb']:,.0f} MiB")
     for r in ok:
         if r["engine"] != "datasketch":
             ds = [d for d in ok if d["engine"] == "datasketch" and d["n"] == r["n"]]
@@ -280,10 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     table = [[r["n"], r["engine"], r.get("status"), r.get("seconds", ""), r.get("docs_per_s", ""),
               r.get("peak_rss_mb", ""), f"{r.get('planted_found', 0):,} / {r['planted']:,}", r.get("false_pairs", ""),
               ", ".join(f"{k} {v:.1f}" for k, v in (r.get("stages") or {}).items() if k != "total"),
-              r.get("candidate_pairs", ""), r["method"]] for r in rows]
+              r.get("candidate_pairs", ""), r.get("cpu_seconds", ""), r["method"]] for r in rows]
     print(markdown_table(["docs", "engine", "status", "seconds", "docs/s", "driver peak RSS (MiB)",
-                          "planted pairs together", "false pairs", "seconds per stage", "candidate pairs", "method"],
-                         table))
+                          "planted pairs together", "false pairs", "seconds per stage", "candidate pairs",
+                          "CPU seconds", "method"], table))
     for line in summary_lines(rows):
         print(line)
     if args.json:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
@@ -33,6 +34,7 @@ def test_local_run_row_and_table(tmp_path, capsys):
                        "--work-dir", str(tmp_path / "w")]) == 0
     (row,) = json.loads((tmp_path / "r.json").read_text())
     assert row["status"] == "ok" and row["false_pairs"] == 0
+    assert 0 < row["cpu_seconds"] and len(row["load_1min"]) == 2
     assert 0.9 * row["planted"] <= row["planted_found"] <= row["planted"]
     out = capsys.readouterr().out
     assert f"| 3000 | local | ok | {row['seconds']} |" in out
@@ -73,3 +75,17 @@ def test_embedding_and_datasketch_rows(tmp_path, capsys):
     assert abs(ds["planted_found"] - local["planted_found"]) <= 0.05 * local["planted"]  # same documents, same test
     out = capsys.readouterr().out
     assert f"3,000 documents: datasketch {ds['seconds']} s / local {local['seconds']} s" in out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads Linux /proc")
+def test_cpu_seconds_counts_live_descendants():
+    before = scale.cpu_seconds()
+    burn = ("import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5:\n    pass\n"
+            "print('done', flush=True)\ntime.sleep(60)")
+    child = subprocess.Popen([sys.executable, "-c", burn], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "done"
+        assert scale.cpu_seconds() - before >= 0.45  # the child's half second, while it still runs
+    finally:
+        child.kill()
+        child.wait()
