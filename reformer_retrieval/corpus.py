@@ -51,6 +51,7 @@ __all__ = [
     "EmbeddingWriter",
     "SkipReport",
     "SkippedRecord",
+    "check_columns",
     "corpus_id_kind",
     "count_rows",
     "footer_row_count",
@@ -150,7 +151,7 @@ def corpus_id_kind(
 ) -> IdKind:
     """``"int"`` or ``"str"``: the id kind of a corpus, from its first file's schema (columns checked)."""
     found = _first_schema(resolve_sources(src))
-    return "str" if found is None else _check_columns(found[0], found[1], id_column, text_column)
+    return "str" if found is None else check_columns(found[0], found[1], id_column, text_column)
 
 
 def count_rows(src: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> int:
@@ -182,9 +183,14 @@ def _is_binary(t: pa.DataType) -> bool:
     return pa.types.is_binary(t) or pa.types.is_large_binary(t)
 
 
-def _check_columns(path: Path, schema: pa.Schema, id_column: str, text_column: str) -> IdKind:
-    """The id kind of a file, after checking that both columns exist (dotted names reach into nested
-    records) and have usable types."""
+def check_columns(path: str | os.PathLike[str], schema: pa.Schema, id_column: str, text_column: str) -> IdKind:
+    """``"int"`` or ``"str"``: the id kind of a corpus file, after checking that both columns exist (dotted
+    names reach into nested records) and have usable types: ids integers or strings (not binary), text
+    strings or binary UTF-8 (a JSON column that is null in its first block too).
+
+    Raises:
+        CorpusError: one line naming the file and the column.
+    """
     types: dict[str, pa.DataType] = {}
     for column, role in ((id_column, "id"), (text_column, "text")):
         found = resolve_field(schema, column)
@@ -291,7 +297,7 @@ def iter_batches(
         schema = read_file_schema(path, fmt)
         if schema is None:  # an empty JSON Lines / CSV file
             continue
-        kind = _check_columns(path, schema, id_column, text_column)
+        kind = check_columns(path, schema, id_column, text_column)
         if id_kind is None:
             id_kind, first_kind_file = kind, path
         elif kind != id_kind:

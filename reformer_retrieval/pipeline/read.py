@@ -30,6 +30,7 @@ from reformer_retrieval.corpus import (
     REASON_NULL_ID,
     CorpusError,
     _text_problem,
+    check_columns,
 )
 from reformer_retrieval.corpus_formats import (
     count_file_rows,
@@ -42,35 +43,10 @@ from reformer_retrieval.corpus_formats import (
 from reformer_retrieval.corpus_formats import first_line as _first_line
 from reformer_retrieval.pipeline.runner import ShardTask, StageInfo
 
-__all__ = ["ReadTask", "ShardSpec", "check_unique_ids", "open_corpus", "plan_shards", "read_stage_columns"]
+__all__ = ["ReadTask", "ShardSpec", "check_unique_ids", "open_corpus", "plan_shards", "read_shard",
+           "read_stage_columns"]
 
 DEFAULT_SHARD_ROWS = 65_536
-
-
-def _is_text_type(t: pa.DataType) -> bool:
-    t = t.value_type if pa.types.is_dictionary(t) else t
-    return (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_binary(t)
-            or pa.types.is_large_binary(t) or str(t) == "string_view")
-
-
-def _check_columns(path: str, schema: pa.Schema, id_column: str, text_column: str) -> str:
-    """``"int"`` or ``"str"``: the id kind; `CorpusError` naming the file and column when unusable."""
-    for column, role in ((id_column, "id"), (text_column, "text")):
-        if column not in schema.names:
-            have = ", ".join(repr(n) for n in schema.names) or "none"
-            raise CorpusError(f"{path}: no {role} column {column!r}; the file has columns: {have}")
-    id_type = schema.field(id_column).type
-    id_type = id_type.value_type if pa.types.is_dictionary(id_type) else id_type
-    if pa.types.is_integer(id_type):
-        kind = "int"
-    elif _is_text_type(id_type) and not pa.types.is_binary(id_type):
-        kind = "str"
-    else:
-        raise CorpusError(f"{path}: id column {id_column!r} has type {id_type}; ids must be strings or integers")
-    if not _is_text_type(schema.field(text_column).type):
-        raise CorpusError(f"{path}: text column {text_column!r} has type {schema.field(text_column).type}; "
-                          "it must hold strings")
-    return kind
 
 
 @dataclass(frozen=True)
@@ -137,18 +113,10 @@ def plan_shards(
     for path in files:
         if not _is_parquet(fs, path):
             schema = read_file_schema(path)
-            rows = count_file_rows(path) if schema is not None else 0
-            if schema is not None:
-                for column, role in ((id_column, "id"), (text_column, "text")):
-                    if resolve_field(schema, column) is None:
-                        have = ", ".join(repr(n) for n in schema.names) or "none"
-                        raise CorpusError(f"{path}: no {role} column {column!r}; the file has columns: {have}")
-                kind = "int" if pa.types.is_integer(resolve_field(schema, id_column)[1]) else "str"
-                if id_kind is None:
-                    id_kind = kind
-                elif kind != id_kind:
-                    raise CorpusError(f"{path}: id column {id_column!r} holds {kind} ids but earlier files hold "
-                                      f"{id_kind} ids")
+            if schema is None:  # an empty JSON Lines / CSV file
+                continue
+            id_kind = _same_kind(path, check_columns(path, schema, id_column, text_column), id_kind, id_column)
+            rows = count_file_rows(path)
             if rows:
                 shards.append(ShardSpec(path, (), offset, rows))
                 offset += rows
@@ -159,11 +127,7 @@ def plan_shards(
             schema = fragment.physical_schema
         except (pa.ArrowException, OSError, ValueError) as exc:
             raise CorpusError(f"{path}: not a readable Parquet file ({_first_line(exc)})") from None
-        kind = _check_columns(path, schema, id_column, text_column)
-        if id_kind is None:
-            id_kind = kind
-        elif kind != id_kind:
-            raise CorpusError(f"{path}: id column {id_column!r} holds {kind} ids but earlier files hold {id_kind} ids")
+        id_kind = _same_kind(path, check_columns(path, schema, id_column, text_column), id_kind, id_column)
         groups: list[int] = []
         rows = 0
         for g in range(metadata.num_row_groups):
@@ -179,6 +143,50 @@ def plan_shards(
     if not shards:  # no rows at all: one empty shard, so every later stage has a (typed, empty) input
         shards.append(ShardSpec(files[0], (), 0, 0))
     return fs, shards, id_kind or "str"
+
+
+def _same_kind(path: str, kind: str, id_kind: str | None, id_column: str) -> str:
+    """``kind``, after checking that it is the id kind of the earlier files (``id_kind``, None for the first)."""
+    if id_kind is not None and kind != id_kind:
+        raise CorpusError(f"{path}: id column {id_column!r} holds {kind} ids but earlier files hold {id_kind} ids")
+    return kind
+
+
+def read_shard(spec: ShardSpec, filesystem: pafs.FileSystem, id_column: str, text_column: str) -> pa.Table:
+    """The raw ``id`` and ``text`` columns of one planned shard, in corpus order.
+
+    Parquet row groups are read through ``pyarrow.dataset`` (only the two columns), a JSON Lines / CSV file
+    through `reformer_retrieval.corpus_formats.scan_file` (CSV values as written, JSON with the types of
+    its first block); dotted column names reach into nested records in every format.
+
+    Raises:
+        CorpusError: one line naming the file, when it cannot be read or no longer holds ``spec.rows`` rows.
+    """
+    columns = {"id": id_column, "text": text_column}
+    if spec.rows == 0:
+        return pa.table({"id": pa.array([], pa.string()), "text": pa.array([], pa.string())})
+    if not spec.row_groups:  # a JSON Lines / CSV file, whole
+        batches = list(scan_file(spec.path, columns, batch_size=65_536))
+        table = pa.Table.from_batches(batches) if batches else pa.table({"id": [], "text": []})
+    else:
+        try:
+            fragment = pads.ParquetFileFormat().make_fragment(spec.path, filesystem=filesystem,
+                                                             row_groups=list(spec.row_groups))
+            projection = {}
+            for out_name, name in columns.items():
+                found = resolve_field(fragment.physical_schema, name)
+                if found is None:
+                    raise CorpusError(f"{spec.path}: no column {name!r} (the file changed during the run?)")
+                projection[out_name] = found[0]
+            table = fragment.to_table(columns=projection)
+        except (pa.ArrowException, OSError) as exc:
+            raise CorpusError(f"{spec.path}: cannot read row groups {list(spec.row_groups)} "
+                              f"({_first_line(exc)})") from None
+    if table.num_rows != spec.rows:
+        where = f"in row groups {list(spec.row_groups)}" if spec.row_groups else "in all"
+        raise CorpusError(f"{spec.path}: holds {table.num_rows} rows {where}, it held {spec.rows} when the run "
+                          "was planned (the file changed during the run?)")
+    return table
 
 
 def read_stage_columns(id_kind: str) -> pa.Schema:
@@ -216,24 +224,9 @@ class ReadTask(ShardTask):
         if spec.rows == 0:
             empty = read_stage_columns(self.id_kind).empty_table()
             return empty, {"start": 0, "stop": 0, "file": spec.path, "skipped": 0}
-        if not spec.row_groups:  # a JSON Lines / CSV file, whole
-            batches = list(scan_file(spec.path, {self.id_column: self.id_column, self.text_column: self.text_column},
-                                     batch_size=65_536))
-            table = pa.Table.from_batches(batches) if batches else pa.table({self.id_column: [], self.text_column: []})
-        else:
-            fmt = pads.ParquetFileFormat()
-            try:
-                fragment = fmt.make_fragment(spec.path, filesystem=self.filesystem, row_groups=list(spec.row_groups))
-                table = fragment.to_table(columns=[self.id_column, self.text_column])
-            except (pa.ArrowException, OSError, ValueError) as exc:
-                raise CorpusError(f"{spec.path}: cannot read rows {spec.start - self._file_start(index)}.. "
-                                  f"({_first_line(exc)})") from None
-        if table.num_rows != spec.rows:
-            where = f"in row groups {list(spec.row_groups)}" if spec.row_groups else "in all"
-            raise CorpusError(f"{spec.path}: holds {table.num_rows} rows {where}, it held {spec.rows} when the run "
-                              "was planned (the file changed during the run?)")
-        ids = table.column(self.id_column).to_pylist()
-        texts = table.column(self.text_column).to_pylist()
+        table = read_shard(spec, self.filesystem, self.id_column, self.text_column)
+        ids = table.column("id").to_pylist()
+        texts = table.column("text").to_pylist()
         reasons: list[str | None] = []
         clean: list[str | None] = []
         for doc_id, text in zip(ids, texts):
@@ -249,10 +242,6 @@ class ReadTask(ShardTask):
                        schema=read_stage_columns(self.id_kind))
         return out, {"start": spec.start, "stop": spec.start + spec.rows, "file": spec.path,
                      "skipped": int(sum(r is not None for r in reasons))}
-
-    def _file_start(self, index: int) -> int:
-        path = self.shards[index].path
-        return min(s.start for s in self.shards if s.path == path)
 
 
 def check_unique_ids(read: StageInfo) -> None:
