@@ -64,6 +64,7 @@ __all__ = [
     "EncodeSummary",
     "Encoder",
     "default_skipped_path",
+    "model_identity",
     "parts_dir_for",
     "plan_batches",
     "resolve_device",
@@ -310,6 +311,40 @@ class EncodeSummary:
         return "\n".join(self.lines())
 
 
+def _channels_dim(config: Any, channels: str) -> int:
+    """Width of the vectors of ``channels`` of a model with ``config`` (a `ReformerConfig`)."""
+    if channels == "both" or not config.ngram_size:
+        return int(config.embedding_dim)
+    return int(config.context_dim if channels == "contextual" else config.ngram_dim)
+
+
+def model_identity(path: str | os.PathLike[str] | None = None, channels: Channels = "both") -> tuple[int, str]:
+    """``(dim, model_id)`` of ``Encoder.load(path, channels=channels)``, without building the network.
+
+    The dimension comes from the directory's ``config.json``, the fingerprint from its weights file's
+    metadata (`reformer_retrieval.dedup.model_id_of`; the weights are fingerprinted only when the metadata
+    lacks it), so a driver that only writes the vectors others compute never loads the model.
+
+    Raises:
+        ModelDirectoryError: if the directory lacks ``config.json`` or ``model.safetensors``.
+        ValueError: for unknown ``channels``, or ``"lexical"`` on a model without that channel.
+    """
+    from reformer_retrieval.checkpoint import CONFIG_FILE, ModelDirectoryError
+    from reformer_retrieval.config import ReformerConfig
+    from reformer_retrieval.dedup import model_id_of
+
+    if channels not in CHANNELS:
+        raise ValueError(f"channels={channels!r}: must be one of {', '.join(CHANNELS)}")
+    directory = DEFAULT_MODEL_DIR if path is None else Path(path)
+    if not (directory / CONFIG_FILE).is_file():
+        raise ModelDirectoryError(f"model directory {directory} has no {CONFIG_FILE}")
+    config = ReformerConfig.from_json(directory / CONFIG_FILE)
+    if channels == "lexical" and not config.ngram_size:
+        raise ValueError("channels='lexical': this model has no lexical (hashed n-gram) channel")
+    base = model_id_of(directory)
+    return _channels_dim(config, channels), base if channels == "both" else f"{base}:{channels}"
+
+
 # --------------------------------------------------------------------------------------------- encoder
 class Encoder:
     """Encodes texts and Parquet corpora into unit vectors with a `ReformerEncoder`.
@@ -438,10 +473,7 @@ class Encoder:
     @property
     def dim(self) -> int:
         """Width of the embeddings."""
-        config = self.model.config
-        if self.channels == "both" or not config.ngram_size:
-            return int(config.embedding_dim)
-        return int(config.context_dim if self.channels == "contextual" else config.ngram_dim)
+        return _channels_dim(self.model.config, self.channels)
 
     @property
     def _contextual_on(self) -> bool:

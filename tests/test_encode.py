@@ -467,3 +467,24 @@ def test_encode_shows_progress_only_for_long_work(encoder, monkeypatch, capsys):
         encoder.encode(texts, show_progress=show)
         err = capsys.readouterr().err
         assert ("encode: " in err) == shown, (len(texts), show, err)
+
+
+def test_model_identity_reads_dim_and_id_without_building_the_network(tiny_dir, monkeypatch):
+    from reformer_retrieval import checkpoint
+    from reformer_retrieval.encode import DEFAULT_MODEL_DIR, model_identity
+
+    want = {(path, channels): (enc.dim, enc.model_id)
+            for path, channels in ((tiny_dir, "both"), (None, "both"), (None, "contextual"), (None, "lexical"))
+            for enc in [Encoder.load(path, device="cpu", channels=channels)]}
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("model_identity built the network")
+
+    monkeypatch.setattr(checkpoint, "load_model", no_load)
+    for (path, channels), expected in want.items():
+        assert model_identity(path, channels) == expected
+    assert model_identity(DEFAULT_MODEL_DIR) == want[(None, "both")]
+    with pytest.raises(ValueError, match="no lexical"):
+        model_identity(tiny_dir, "lexical")
+    with pytest.raises(checkpoint.ModelDirectoryError, match=r"config\.json"):
+        model_identity(tiny_dir.parent)

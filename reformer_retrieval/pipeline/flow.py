@@ -155,9 +155,9 @@ def dedup_pipeline(
         model_id = vectors_of["model_id"]
         embed = runner.run(VectorsTask(read.directory, n_shards, os.fspath(embeddings)), [read])
     elif use_emb:
-        from reformer_retrieval.encode import Encoder
+        from reformer_retrieval.encode import model_identity
 
-        model_id = Encoder.load(model, device="cpu").model_id
+        _, model_id = model_identity(model, (encoder_options or {}).get("channels") or "both")  # no model load
         embed = runner.run(EmbedTask(read.directory, n_shards, model, device, encoder_options, model_id), [read])
     if use_emb and index == "lsh":
         sb, sr = srp_params(float(emb_t), recall, max_bands)

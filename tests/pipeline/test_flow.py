@@ -223,3 +223,21 @@ def test_a_rewritten_corpus_file_is_read_again(tmp_path):
         first.cluster_id, second.cluster_id)
     read = pq.read_table(tmp_path / "o" / "stages" / "read" / "part-00000.parquet")
     assert read.column("text")[1].as_py() == "a different document"
+
+
+def test_embedding_dedup_loads_the_encoder_once(tmp_path, tiny_dir, monkeypatch):
+    """The driver reads the model id from the model directory; only the embed stage builds the encoder."""
+    from reformer_retrieval.encode import Encoder, model_identity
+
+    loads = []
+    real = Encoder.load.__func__
+
+    def counting_load(cls, *args, **kwargs):
+        loads.append(args)
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Encoder, "load", classmethod(counting_load))
+    ids, texts = planted_texts(40, seed=4)
+    res = dedup_pipeline(write_corpus(tmp_path / "c.parquet", ids, texts), tmp_path / "o", method="embedding",
+                         threshold=0.9995, model=tiny_dir, device="cpu", encoder_options={"max_tokens": 64})
+    assert len(loads) == 1 and res.summary["model_id"] == model_identity(tiny_dir)[1]
