@@ -57,7 +57,7 @@ reused, only the rest is encoded, and the output is the same as that of an unint
 @click.option("--part-seconds", type=click.FloatRange(min=0), default=60.0, show_default=True,
               help="Save a resumable part at least this often (seconds of work; a kill loses about this much).")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="local: this process (resumable parts); ray: encoder actors on Ray Data (Parquet corpora).")
+              help="local: this process (resumable parts); ray: encoder actors on Ray Data (every corpus format local reads).")
 @click.option("--ray-address", default=None, metavar="ADDR",
               help="Ray cluster to join with --engine ray (e.g. auto); default: a local Ray on this machine's cores.")
 @click.option("--actors", type=click.IntRange(min=1), default=None, help="Encoder actors with --engine ray [CPUs].")

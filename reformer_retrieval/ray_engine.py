@@ -10,6 +10,8 @@
   ``map_batches`` over an actor pool that loads the encoder once per actor (``num_gpus`` per actor on GPU
   clusters).
 * `dedup_dataset` deduplicates a ``ray.data.Dataset`` of documents with the staged pipeline on Ray.
+* `encode_corpus` encodes a corpus of any format the toolkit reads (`reformer_retrieval.ray_read.read_corpus`:
+  Parquet, JSON Lines, CSV, plain or compressed, dotted column names) into an embeddings file.
 
 Where the work lies: band grouping is a shuffle through Parquet (each ``bands`` shard is written sorted by
 candidate partition with one row group per partition, each ``candidates`` task reads its partition from
@@ -268,14 +270,17 @@ def encode_corpus(
     batch_size: int = 256,
     **encoder_options: Any,
 ) -> list[str]:
-    """Encode a Parquet corpus on Ray into an embeddings file (the format of `Encoder.encode_parquet`).
+    """Encode a corpus on Ray into an embeddings file (the format of `Encoder.encode_parquet`).
 
-    ``ray.data.read_parquet`` -> `encode_dataset` -> rows streamed back in corpus order to an
+    The corpus is anything `Encoder.encode_parquet` reads (Parquet, JSON Lines and CSV files, plain or
+    compressed; a directory, a glob, a ``file://`` URI; dotted column names), read on Ray by
+    `reformer_retrieval.ray_read.read_corpus` -> `encode_dataset` -> rows streamed back in corpus order to an
     `EmbeddingWriter` on the driver (written atomically). Rows with a null id or an unusable text go to
-    ``<output stem>.skipped.parquet`` (``file`` is the corpus argument, ``row`` the row's position in the
-    corpus); a repeated id raises (``on_duplicate="error"``) or is skipped (``"keep_first"``). Vectors equal
+    ``<output stem>.skipped.parquet`` (``file`` and ``row``: the file holding the row and its position in
+    it); a repeated id raises (``on_duplicate="error"``) or is skipped (``"keep_first"``). Vectors equal
     ``Encoder.encode`` of the same batches bit for bit; against `Encoder.encode_parquet`, whose batches
-    differ, they agree to float32 rounding (about 1e-7). Returns the summary lines.
+    differ, they agree to float32 rounding (about 1e-7). A shard that cannot be read is a one-line
+    `CorpusError` naming its file. Returns the summary lines.
     """
     import time
 
@@ -287,52 +292,75 @@ def encode_corpus(
         SkippedRecord,
         SkipReport,
     )
-    from reformer_retrieval.encode import Encoder, default_skipped_path
-    from reformer_retrieval.pipeline.read import _text_problem, plan_shards
+    from reformer_retrieval.encode import default_skipped_path, model_identity
+    from reformer_retrieval.pipeline.read import _text_problem
     from reformer_retrieval.pipeline.sketch import to_matrix
+    from reformer_retrieval.ray_read import CorpusDatasource, corpus_error_of
 
     if on_duplicate not in ("error", "keep_first"):
         raise ValueError(f"on_duplicate={on_duplicate!r}: must be 'error' or 'keep_first'")
     start = time.perf_counter()
     ray = init_ray(address)
-    fs, shards, id_kind = plan_shards(corpus, id_column, text_column)  # checks every file's columns
-    files = list(dict.fromkeys(s.path for s in shards))  # in shard order, each once
-    info = Encoder.load(model, device="cpu", **encoder_options)
+    source = CorpusDatasource(corpus, id_column, text_column)  # checks every file's columns
+    dim, model_id = model_identity(model, encoder_options.get("channels") or "both")  # no model load here
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
-    ds = ray.data.read_parquet(files, filesystem=fs, columns=[id_column, text_column])
+    # Read tasks reserve no CPU: the encoder actors take every CPU by default, and a read task waiting for
+    # one would wait forever (reads are light next to encoding; Ray Data's backpressure bounds them).
+    ds = ray.data.read_datasource(source, override_num_blocks=len(source.shards), num_cpus=0)
     encoded = encode_dataset(ds, model=model, text_column=text_column, device=device, concurrency=actors,
                              num_gpus=gpus_per_actor, batch_size=batch_size, **encoder_options)
+    shard_starts = np.array([s.start for s in source.shards], np.int64)
+    file_start: dict[str, int] = {}
+    for s in source.shards:
+        file_start.setdefault(s.path, s.start)
+
+    def where(position: int) -> tuple[str, int]:
+        """(file, row in the file) of corpus row ``position``."""
+        path = source.shards[int(np.searchsorted(shard_starts, position, side="right")) - 1].path
+        return path, position - file_start[path]
+
     report = SkipReport()
-    seen: set[Any] = set()
+    seen: dict[Any, int] = {}
     position = docs = tokens = 0
-    with EmbeddingWriter(output, info.dim, info.model_id, id_kind) as writer:  # type: ignore[arg-type]
-        for batch in encoded.iter_batches(batch_format="pyarrow", batch_size=None):
-            ids = batch.column(id_column).to_pylist()
-            texts = batch.column(text_column).to_pylist()
-            keep = []
-            for offset, (doc_id, text) in enumerate(zip(ids, texts)):
-                reason = REASON_NULL_ID if doc_id is None else _text_problem(text)
-                if reason is None and doc_id in seen:
-                    if on_duplicate == "error":
-                        raise CorpusError(f"duplicate id {doc_id!r} in {corpus} (row {position + offset}; ids must "
-                                          "be unique; keep the first with on_duplicate='keep_first')")
-                    reason = REASON_DUPLICATE
-                if reason is not None:
-                    report.add([SkippedRecord(doc_id, reason, os.fspath(corpus), position + offset)])
-                    continue
-                seen.add(doc_id)
-                keep.append(offset)
-            position += batch.num_rows
-            if keep:
-                rows = batch.take(pa.array(keep, pa.int64()))
-                writer.write(rows.column(id_column).to_pylist(), to_matrix(rows.column("embedding"), np.float32),
-                             rows.column("n_tokens").to_numpy(), rows.column("truncated").to_numpy(zero_copy_only=False))
-                docs += len(keep)
-                tokens += int(_sum(rows.column("n_tokens")))
+    with EmbeddingWriter(output, dim, model_id, source.id_kind) as writer:  # type: ignore[arg-type]
+        try:
+            for batch in encoded.iter_batches(batch_format="pyarrow", batch_size=None):
+                ids = batch.column(id_column).to_pylist()
+                texts = batch.column(text_column).to_pylist()
+                keep = []
+                for offset, (doc_id, text) in enumerate(zip(ids, texts)):
+                    reason = REASON_NULL_ID if doc_id is None else _text_problem(text)
+                    if reason is None and doc_id in seen:
+                        first, here = where(seen[doc_id]), where(position + offset)
+                        if on_duplicate == "error":
+                            raise CorpusError(f"duplicate id {doc_id!r}: {first[0]} row {first[1]} and {here[0]} "
+                                              f"row {here[1]} (ids must be unique; keep the first with "
+                                              "on_duplicate='keep_first')")
+                        reason = f"{REASON_DUPLICATE} (kept {first[0]} row {first[1]})"
+                    if reason is not None:
+                        report.add([SkippedRecord(doc_id, reason, *where(position + offset))])
+                        continue
+                    seen[doc_id] = position + offset
+                    keep.append(offset)
+                position += batch.num_rows
+                if keep:
+                    rows = batch.take(pa.array(keep, pa.int64()))
+                    writer.write(rows.column(id_column).to_pylist(),
+                                 to_matrix(rows.column("embedding"), np.float32), rows.column("n_tokens").to_numpy(),
+                                 rows.column("truncated").to_numpy(zero_copy_only=False))
+                    docs += len(keep)
+                    tokens += int(_sum(rows.column("n_tokens")))
+        except Exception as exc:
+            if type(exc) is CorpusError:  # raised here, on the driver
+                raise
+            error = corpus_error_of(exc)  # raised by a read task, wrapped by Ray
+            if error is None:
+                raise
+            raise error from None
     skipped_path = default_skipped_path(output)
     if len(report):
-        report.write(skipped_path, id_kind)  # type: ignore[arg-type]
+        report.write(skipped_path, source.id_kind)  # type: ignore[arg-type]
     seconds = time.perf_counter() - start
     lines = [f"encoded {docs:,} documents ({tokens:,} tokens) on Ray in {seconds:.1f} s -> {output}"]
     if len(report):
