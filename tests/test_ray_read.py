@@ -142,7 +142,8 @@ def test_embedding_dedup_on_ray_equals_local(ray_cluster, sources, name, tiny_di
 def test_encode_on_ray_equals_local_for_every_format(ray_cluster, sources, name, tiny_dir, tmp_path):
     source, id_column, text_column = sources[name]
     lines = encode_corpus(source, tmp_path / "ray.parquet", model=tiny_dir, id_column=id_column,
-                          text_column=text_column, actors=1, **SHORT)
+                          text_column=text_column, actors=None if name == "directory" else 1, **SHORT)
+    # actors=None: one actor per CPU, every CPU taken; the read tasks must still run (they reserve none)
     assert lines[0].startswith(f"encoded {N - 1:,} documents"), lines
     Encoder.load(tiny_dir, device="cpu", **SHORT).encode_parquet(
         source, tmp_path / "local.parquet", id_column=id_column, text_column=text_column, show_progress=False)

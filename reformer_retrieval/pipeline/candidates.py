@@ -51,14 +51,19 @@ def star_edges(groups: np.ndarray, rows: np.ndarray, path: bool = True) -> tuple
     if len(rows) == 0:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     order = np.lexsort((rows, groups))
-    g, r = groups[order], rows[order]
+    g = groups[order]
     start = np.ones(len(g), dtype=bool)
     start[1:] = g[1:] != g[:-1]
+    return _sorted_star_edges(start, rows[order], path)
+
+
+def _sorted_star_edges(start: np.ndarray, r: np.ndarray, path: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`star_edges` of members ``r`` already sorted by bucket, then row; ``start`` marks each bucket's first."""
     head_index = np.cumsum(start) - 1
     heads = r[start]
     a = heads[head_index]
     keep = ~start
-    sizes = np.diff(np.append(np.flatnonzero(start), len(g)))
+    sizes = np.diff(np.append(np.flatnonzero(start), len(r)))
     if not path:
         return a[keep], r[keep], sizes
     prev = np.concatenate([[0], r[:-1]])
@@ -141,23 +146,22 @@ class CandidatesTask(ShardTask):
         band = t.column("band").to_numpy().astype(np.uint64)
         key = t.column("key").to_numpy()
         rows = t.column("row").to_numpy()
-        # one sortable label per (family, band, key): sort on three columns via lexsort inside star_edges
-        label = np.lexsort((key, band, family))
-        rank = np.empty(len(label), np.int64)
-        if len(label):
-            fk, bk, kk = family[label], band[label], key[label]
-            new = np.ones(len(label), bool)
-            new[1:] = (fk[1:] != fk[:-1]) | (bk[1:] != bk[:-1]) | (kk[1:] != kk[:-1])
-            rank[label] = np.cumsum(new) - 1
-        a, b, sizes = star_edges(rank, rows, path=self.edges == "star+path")
+        # one sort, by bucket (family, band, key) then row: the buckets' members in the order star edges need
+        order = np.lexsort((rows, key, band, family))
+        family, band, key, rows = family[order], band[order], key[order], rows[order]
+        start = np.ones(len(rows), bool)
+        start[1:] = (family[1:] != family[:-1]) | (band[1:] != band[:-1]) | (key[1:] != key[:-1])
+        if len(rows):
+            a, b, sizes = _sorted_star_edges(start, rows, path=self.edges == "star+path")
+        else:
+            a, b, sizes = star_edges(rows, rows)
         big = np.flatnonzero(sizes > self.bucket_cap)
         report: dict[str, Any] = {"buckets": int((sizes > 1).sum()), "largest_bucket": int(sizes.max(initial=0)),
                                   "oversized": []}
         if len(big):
-            order = np.lexsort((rows, rank))
-            starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+            firsts = np.flatnonzero(start)
             for g in big[np.argsort(-sizes[big], kind="stable")][:20].tolist():
-                first = order[starts[g]]
+                first = firsts[g]
                 report["oversized"].append({"family": ["minhash", "embedding"][int(family[first])],
                                             "band": int(band[first]), "size": int(sizes[g]),
                                             "smallest_row": int(rows[first])})
