@@ -35,6 +35,13 @@ bundled one, or --model DIR; another model's default is refused: give --threshol
 """
 
 
+def _default_bucket_cap() -> int:
+    """The pipeline's bucket cap, read when the command runs (importing the pipeline slows every command)."""
+    from reformer_retrieval.pipeline import candidates
+
+    return candidates.DEFAULT_BUCKET_CAP
+
+
 @click.command("dedup", epilog=_EPILOG)
 @click.argument("input_path", metavar="INPUT")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -74,8 +81,9 @@ bundled one, or --model DIR; another model's default is refused: give --threshol
               help="Ray cluster to join with --engine ray (e.g. auto); default: a local Ray on this machine's cores.")
 @click.option("--gpus-per-actor", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="GPUs per encoder actor with --engine ray.")
-@click.option("--bucket-cap", type=click.IntRange(min=2), default=10_000, show_default=True,
-              help="Staged engines: LSH buckets larger than this are reported in summary.json (never dropped).")
+@click.option("--bucket-cap", type=click.IntRange(min=2), default=_default_bucket_cap, show_default=False,
+              help="Staged engines: LSH buckets larger than this are reported in summary.json (never dropped) "
+              "[default: reformer_retrieval.pipeline.DEFAULT_BUCKET_CAP].")
 @click.option("--components", "components_mode", type=click.Choice(["single", "rounds"]), default="single",
               show_default=True, help="Staged engines: connected components in one task (SciPy, all edges in one "
               "process) or in large-star / small-star rounds over edge partitions (same clusters).")

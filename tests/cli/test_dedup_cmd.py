@@ -185,3 +185,14 @@ def test_dedup_from_embeddings_takes_the_default_threshold_of_their_model(tmp_pa
         assert res.exit_code == 1 and model_id_of(tiny_dir) in res.output and bundled_id in res.output
     finally:
         (tiny_dir / "training.json").unlink()
+
+
+def test_bucket_cap_defaults_to_the_pipelines(tmp_path, corpus, monkeypatch):
+    from reformer_retrieval.pipeline import candidates
+
+    monkeypatch.setattr(candidates, "DEFAULT_BUCKET_CAP", 2)  # the CLI follows the pipeline's constant
+    res = CliRunner().invoke(cli, ["dedup", str(corpus), "-o", str(tmp_path / "o"), "--method", "minhash",
+                                   "--threshold", "0.5", "--engine", "local", "-q"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert summary["bucket_cap"] == 2 and summary["oversized_buckets"]["count"] >= 1  # the 3-member bucket
