@@ -268,6 +268,67 @@ def _fused_windows(
     return out[0], lse[0].to(torch.promote_types(q_rng.dtype, torch.float32))
 
 
+def _fused_train_ok(qk: torch.Tensor, v: torch.Tensor, dropout: float, training: bool) -> bool:
+    """Whether the fused CPU kernel may run with gradients (`_FusedWindowsFn`): no dropout, float32 / float64,
+    and PyTorch's fused CPU attention backward available."""
+    return (
+        not (dropout > 0.0 and training)
+        and qk.device.type == "cpu"
+        and qk.dtype in (torch.float32, torch.float64)
+        and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
+    )
+
+
+class _FusedWindowsFn(torch.autograd.Function):
+    """`_fused_windows` with gradients: PyTorch's fused CPU attention backward over the same overlapping
+    window views, window gradients of the keys and values folded back onto the padded layout (one add per
+    slot).
+
+    The logsumexp's gradient (the rounds are combined through it) enters the fused backward, which only
+    takes the output's, through one extra value column: with values ``[v, 1]`` (queries and keys ``[x, 0]``)
+    and that column's output gradient 1, passing the output column ``1 - dlse`` makes the kernel's row term
+    ``sum(dout * out)`` equal ``delta - dlse``, so its score gradient is ``p * (dp - delta + dlse)``, the
+    exact gradient of ``out`` and ``lse`` together.
+    """
+
+    @staticmethod
+    def forward(ctx, q_rng, kp, vp, M, n_slots, self_slot):  # type: ignore[override]
+        out, lse = _fused_windows(q_rng, kp, vp, M, n_slots, self_slot)
+        ctx.save_for_backward(q_rng, kp, vp, out, lse)
+        ctx.shape = (M, n_slots, self_slot)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, dlse):  # type: ignore[override]
+        q_rng, kp, vp, out, lse = ctx.saved_tensors
+        M, n_slots, self_slot = ctx.shape
+        c, d = q_rng.shape[1:]
+        width = n_slots * c
+        if dout is None:
+            dout = torch.zeros_like(out)
+        if dlse is None:
+            dlse = torch.zeros_like(lse)
+        zero_col = q_rng.new_zeros(*kp.shape[:2], 1)
+        qx = torch.cat([q_rng, zero_col[:M]], dim=-1)
+        kx = torch.cat([kp, zero_col], dim=-1)
+        vx = torch.cat([vp, torch.ones_like(zero_col)], dim=-1)
+        kw = kx.as_strided((1, M, width, d + 1), (0, c * (d + 1), d + 1, 1))
+        vw = vx.as_strided((1, M, width, d + 1), (0, c * (d + 1), d + 1, 1))
+        outx = torch.cat([out, (1.0 - dlse.to(out.dtype)).unsqueeze(-1)], dim=-1)
+        doutx = torch.cat([dout, torch.ones_like(dout[..., :1])], dim=-1)
+        bias = q_rng.new_zeros(c, width)
+        bias[:, self_slot * c : (self_slot + 1) * c].fill_diagonal_(MASK_SELF)
+        gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
+            doutx[None], qx[None], kw, vw, outx[None], lse[None], 0.0, False, attn_mask=bias[None, None], scale=1.0,
+        )
+        dk = torch.zeros_like(kp)
+        dv = torch.zeros_like(vp)
+        for s in range(n_slots):  # window slot s of query chunk t is chunk t + s of the padded layout
+            dk[s : s + M] += gk[0, :, s * c : (s + 1) * c, :d]
+            dv[s : s + M] += gv[0, :, s * c : (s + 1) * c, :d]
+        return gq[0, ..., :d], dk, dv, None, None, None
+
+
 class _SortRows(torch.autograd.Function):
     """``out[j] = x[rows[j], perm[j]]``: rows of ``x`` (N, L, d) sorted by a permutation, several rounds per
     row. The gradient gathers by the inverse permutation and sums the rounds of each row (no scatter over
@@ -352,8 +413,12 @@ def chunked_attention(
         slot_ok = slot_ok.view(n * T, n_slots)[before : before + M]
         # keys of slot s for query chunk t (padded index t + before) sit at padded index t + s
         ok = [valid_p[s : s + M] & slot_ok[:, s : s + 1] for s in range(n_slots)]  # (M, c) each
-        if _fused_ok(qk, v, dropout, training):
-            out_rng, lse_rng = _fused_windows(q_rng, kp, vp, M, n_slots, before)
+        fused = _fused_ok(qk, v, dropout, training)
+        if fused or _fused_train_ok(qk, v, dropout, training):
+            if fused:
+                out_rng, lse_rng = _fused_windows(q_rng, kp, vp, M, n_slots, before)
+            else:
+                out_rng, lse_rng = _FusedWindowsFn.apply(q_rng, kp, vp, M, n_slots, before)
             # windows holding a masked key (padding, a repeated or an empty slot) are redone exactly below
             bad = (~torch.stack(ok, dim=1).flatten(1).all(dim=1)).nonzero().squeeze(1)
             if bad.numel():
@@ -361,8 +426,12 @@ def chunked_attention(
                     q_rng[bad], [kp[bad + s] for s in range(n_slots)], [vp[bad + s] for s in range(n_slots)],
                     [x[bad] for x in ok], before, 0.0, False,
                 )
-                out_rng[bad] = o
-                lse_rng[bad] = s_
+                if fused:
+                    out_rng[bad] = o
+                    lse_rng[bad] = s_.to(lse_rng.dtype)
+                else:  # out of place: the fused backward saved the kernel's own rows
+                    out_rng = out_rng.index_put((bad,), o)
+                    lse_rng = lse_rng.index_put((bad,), s_.to(lse_rng.dtype))
         else:
             out_rng, lse_rng = _slot_attention(
                 q_rng, [kp[s : s + M] for s in range(n_slots)], [vp[s : s + M] for s in range(n_slots)], ok,

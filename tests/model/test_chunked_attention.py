@@ -11,6 +11,7 @@ import itertools
 import pytest
 import torch
 
+from reformer_retrieval.model import chunked_attention as chunked_attention_module
 from reformer_retrieval.model.chunked_attention import (
     MASK_SELF,
     PermuteRows,
@@ -217,6 +218,45 @@ def test_gradcheck_chunked_attention_float64():
         return combine_rounds(out, lse) * real
 
     assert torch.autograd.gradcheck(fn, (qk, v), eps=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("before", [1, 0])
+def test_fused_training_path_equals_the_masked_path_in_values_and_gradients(monkeypatch, lsh_reference, before):
+    """With gradients on the CPU the fused kernel runs forward and backward (`_FusedWindowsFn`; the round
+    weights' logsumexp gradient through its extra value column); windows with masked keys are redone by the
+    masked path. Values and gradients equal the float64 brute-force reference and the masked path."""
+    N, L, d, chunk, R = 3, 64, 8, 8, 3
+    valid = _valid_mask(L, [64, 37, 1])
+    buckets = _random_buckets(valid, 1, R, n_buckets=6, seed=21)[:, 0]
+    perm = sort_by_buckets(buckets)
+    nrc = _n_real_chunks(valid, chunk)
+    gen = torch.Generator().manual_seed(22)
+    qk = torch.randn(N, L, d, generator=gen, dtype=D64) * 2
+    v = torch.randn(N, L, d, generator=gen, dtype=D64)
+    weight = torch.randn(N, L, d, generator=gen, dtype=D64) * valid.unsqueeze(-1)
+    calls = []
+    real_apply = chunked_attention_module._FusedWindowsFn.apply
+    monkeypatch.setattr(chunked_attention_module._FusedWindowsFn, "apply",
+                        lambda *a: calls.append(1) or real_apply(*a))
+
+    def grads(fused: bool):
+        monkeypatch.setattr(chunked_attention_module, "_fused_train_ok", lambda *a: fused)
+        q_, v_ = qk.float().requires_grad_(), v.float().requires_grad_()
+        out = combine_rounds(*chunked_attention(q_, v_, perm, valid, nrc, chunk, before, 1, wrap=True))
+        (out.double() * weight).sum().backward()
+        return out.detach(), q_.grad, v_.grad
+
+    fused, masked = grads(True), grads(False)
+    assert calls  # the fused path ran
+    ref_q, ref_v = qk.clone().requires_grad_(), v.clone().requires_grad_()
+    ref, _ = lsh_reference(ref_q[:, None], ref_v[:, None], buckets[:, None], valid, chunk, before, 1)
+    (ref[:, 0] * weight).sum().backward()
+    real = valid.unsqueeze(-1)
+    assert ((fused[0].double() - ref[:, 0]) * real).abs().max().item() < 2e-5
+    for got, want in zip(fused, masked):
+        assert torch.allclose(got, want, atol=2e-5, rtol=1e-4)
+    assert (fused[1].double() - ref_q.grad).abs().max().item() < 1e-4
+    assert (fused[2].double() - ref_v.grad).abs().max().item() < 1e-4
 
 
 def test_gradcheck_full_attention_float64():
