@@ -13,7 +13,9 @@ gives the channel a dense target instead: every ``width``-byte window of a train
 
 The student reads a noised copy of each window with probability ``noise_prob`` (the teacher read the clean
 text), so the channel learns to see through OCR errors and typos. Runs are time-budgeted, checkpoint every
-``checkpoint_seconds`` (model, optimizer and state: safetensors + JSON) and resume where they stopped.
+``checkpoint_seconds`` (model, optimizer and state: safetensors + JSON) and resume where they stopped. They run on
+``device`` (CPU by default; on CUDA optionally under bf16 autocast, the losses still in float32); checkpoints are
+written from CPU copies of the weights, so a GPU run's model loads anywhere.
 
     python -m reformer_retrieval.train.distill --config configs/distill_stage.json --out runs/distill [--resume]
 """
@@ -21,6 +23,7 @@ text), so the channel learns to see through OCR errors and typos. Runs are time-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import time
@@ -34,13 +37,14 @@ import torch.nn.functional as F
 
 from reformer_retrieval.atomic import atomic_write_text
 from reformer_retrieval.checkpoint import load_model, load_tokenizer
+from reformer_retrieval.encode import resolve_device
 from reformer_retrieval.model.encoder import ReformerEncoder
 from reformer_retrieval.train.augment import augment
 from reformer_retrieval.train.schedule import warmup_cosine_lr
 from reformer_retrieval.train.state import latest_checkpoint, load_optimizer_state, save_checkpoint
 from reformer_retrieval.train.teacher import read_teacher_cache, window_texts
 
-__all__ = ["DistillConfig", "distil", "fit_projection", "student_from"]
+__all__ = ["DistillConfig", "distil", "distillation_loss", "fit_projection", "student_from"]
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,7 @@ class DistillConfig:
         context_dim: Width of the student's contextual channel (the teacher's 384 lets the channel's cosine be
             compared with the teacher's directly).
         context_window: Window width of the student's pooling, in tokens (the teacher's window in bytes).
-        steps: Optimizer steps of the learning-rate schedule.
+        steps: Optimizer steps of the learning-rate schedule (with ``fit_steps_to_time``: the most it may be).
         max_minutes: Wall-clock budget of this run (a resumed run gets it again).
         batch_crops: Crops per step.
         lr, warmup, min_lr_ratio, weight_decay, grad_clip: AdamW with linear warm-up and cosine decay.
@@ -69,6 +73,15 @@ class DistillConfig:
         reload_cache: Re-read the teacher cache at every checkpoint (train on a cache that is still being built;
             the holdout crops, the first ones of the plan, stay the same).
         seed: Seed of everything random in the run.
+        device: Where the student trains: ``"cpu"``, ``"cuda"`` / ``"cuda:N"``, or ``"auto"`` (CUDA when
+            available, else CPU). Batches are made on the CPU and moved there.
+        bf16: On CUDA, run the Reformer's forward pass under bfloat16 autocast (the model keeps its LSH
+            rotations and bucket decisions in float32; window pooling and the losses stay float32). Ignored on
+            the CPU.
+        fit_steps_to_time: When > 0, time this many steps (after 5 warm-up steps of the kernels) and then set the
+            schedule's length to the steps that fit in what is left of ``max_minutes`` at that speed (at most
+            ``steps``), so the learning rate decays by the end of the budget on any machine. The length is kept in
+            the checkpoints: a resumed run does not refit it. 0: the schedule is ``steps`` long.
     """
 
     teacher_cache: str
@@ -94,6 +107,9 @@ class DistillConfig:
     reload_cache: bool = False
     warm_start: bool = False
     seed: int = 0
+    device: str = "cpu"
+    bf16: bool = False
+    fit_steps_to_time: int = 0
 
     @classmethod
     def from_json(cls, path: str | Path) -> DistillConfig:
@@ -142,14 +158,17 @@ def fit_projection(
 
     was_training = model.training
     model.eval()
+    device = next(model.parameters()).device
     means, targets = [], []
     config = DistillConfig(teacher_cache="", noise_prob=0.0)
     rng = np.random.default_rng(0)
     for first in tqdm(range(0, len(crops), batch_crops), desc="window states", disable=not show_progress):
         rows = np.arange(first, min(len(crops), first + batch_crops))
         ids, mask, windows, target, present = _batch(crops, teachers, rows, tokenizer, width, config, rng)
+        ids, mask, windows = ids.to(device), mask.to(device), windows.to(device)
         states = model._contextual(ids, mask, None)[1].float()
         window_means, has_text = model.window_means(states, mask, windows)
+        window_means, has_text = window_means.cpu(), has_text.cpu()
         n = min(window_means.shape[1], target.shape[1])
         both = present[:, :n] & has_text[:, :n]
         means.extend(window_means[:, :n][both].numpy())
@@ -171,8 +190,14 @@ def fit_projection(
     return {"windows": float(len(x)), "r2": float(r2), "cosine": float((unit * y_unit).sum(1).mean())}
 
 
-def _lr_at(config: DistillConfig, step: int) -> float:
-    return warmup_cosine_lr(step, config.steps, config.lr, config.warmup, config.min_lr_ratio)
+def _lr_at(config: DistillConfig, step: int, steps: int | None = None) -> float:
+    """Learning rate of ``step`` in a schedule of ``steps`` (default ``config.steps``)."""
+    return warmup_cosine_lr(step, config.steps if steps is None else steps, config.lr, config.warmup,
+                            config.min_lr_ratio)
+
+
+_KERNEL_WARMUP_STEPS = 5
+"""Steps left out of the speed measured by ``fit_steps_to_time`` (first calls: allocation, kernel choice)."""
 
 
 def _batch(
@@ -212,20 +237,33 @@ def _batch(
             torch.from_numpy(present))
 
 
+def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:
+    """bfloat16 autocast on CUDA when asked; nothing otherwise (the CPU always computes in float32)."""
+    if bf16 and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def distillation_loss(
     model: ReformerEncoder, batch: tuple[torch.Tensor, ...], config: DistillConfig
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """The three losses of the module doc on one batch, summed with their weights, and each alone."""
-    ids, mask, windows, targets, present = batch
-    states = model._contextual(ids, mask, None)[1]
-    vectors, has_text = model.window_vectors(states, mask, windows)
+    """The three losses of the module doc on one batch, summed with their weights, and each alone.
+
+    The batch (as `_batch` makes it, on any device) is moved to the model's device; with ``config.bf16`` on
+    CUDA the Reformer's forward pass runs under bf16 autocast, the window pooling and the losses in float32.
+    """
+    device = next(model.parameters()).device
+    ids, mask, windows, targets, present = (t.to(device, non_blocking=True) for t in batch)
+    with _autocast(device, config.bf16):
+        states = model._contextual(ids, mask, None)[1]
+    vectors, has_text = model.window_vectors(states.float(), mask, windows)
     n = min(vectors.shape[1], targets.shape[1])
     vectors, targets = vectors[:, :n], targets[:, :n]
     both = present[:, :n] & has_text[:, :n]
     student, teacher = vectors[both], targets[both]
     cosine = (1.0 - (student * teacher).sum(-1)).mean()
     logits = student @ teacher.T / config.temperature
-    nce = F.cross_entropy(logits, torch.arange(len(student)))
+    nce = F.cross_entropy(logits, torch.arange(len(student), device=device))
     doc_s = F.normalize((vectors * both.unsqueeze(-1)).sum(1), dim=-1)
     doc_t = F.normalize((targets * both.unsqueeze(-1)).sum(1), dim=-1)
     doc = (1.0 - (doc_s * doc_t).sum(-1)).mean()
@@ -252,31 +290,38 @@ def distil(config: DistillConfig, out: str | Path, resume: bool = False, log: An
         from reformer_retrieval.encode import DEFAULT_MODEL_DIR
 
         tokenizer = load_tokenizer(DEFAULT_MODEL_DIR)
-    model = student_from(config.init_from, config.context_dim, config.context_window)
+    device = resolve_device(config.device)
+    model = student_from(config.init_from, config.context_dim, config.context_window).to(device)
+    log(f"student on {device}{' (bf16 autocast)' if config.bf16 and device.type == 'cuda' else ''}")
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=config.lr
     )
     step, history = 0, []
+    planned, fitted = config.steps, config.fit_steps_to_time <= 0
     found = latest_checkpoint(out) if resume else None
     if found is not None:
         step, directory = found
         model.load_state_dict(load_model(directory).state_dict())
         load_optimizer_state(optimizer, directory)
-        history = json.loads((directory / "trainer_state.json").read_text())["history"]
+        state = json.loads((directory / "trainer_state.json").read_text())
+        history = state["history"]
+        if config.fit_steps_to_time > 0 and state.get("steps_fitted"):  # keep the length fitted before
+            planned, fitted = int(state["steps_planned"]), True
         log(f"resumed at step {step} from {directory}")
     holdout = np.arange(config.holdout_crops)
     train_rows = np.arange(config.holdout_crops, len(crops))
     if config.warm_start and found is None:
         fit = fit_projection(model, [crops[r] for r in train_rows], [teachers[r] for r in train_rows], tokenizer,
-                             plan.width)
+                             plan.width, batch_crops=config.batch_crops)
         log(f"warm start: projection fitted to {fit['windows']:.0f} windows (R^2 {fit['r2']:.3f})")
     started = last_save = time.monotonic()
     model.train()
 
     def save() -> None:
-        save_checkpoint(out, step, model, tokenizer, optimizer, {"history": history, "config": asdict(config)})
+        save_checkpoint(out, step, model, tokenizer, optimizer, {"history": history, "config": asdict(config),
+                                                                 "steps_planned": planned, "steps_fitted": fitted})
 
     def holdout_loss() -> dict[str, float]:
         model.eval()
@@ -293,11 +338,13 @@ def distil(config: DistillConfig, out: str | Path, resume: bool = False, log: An
     if step == 0:
         history.append({"step": 0, "holdout": holdout_loss(), "seconds": 0.0})
         log(f"step 0 holdout {history[-1]['holdout']}")
-    while step < config.steps and time.monotonic() - started < config.max_minutes * 60:
+    budget = config.max_minutes * 60
+    timed_from, timed_at = step + _KERNEL_WARMUP_STEPS, 0.0
+    while step < planned and time.monotonic() - started < budget:
         rng = np.random.default_rng([config.seed, step])
         rows = rng.choice(train_rows, size=config.batch_crops, replace=False)
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(config, step)
+            group["lr"] = _lr_at(config, step, planned)
         loss, parts = distillation_loss(model, _batch(crops, teachers, rows, tokenizer, plan.width, config, rng), config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -305,8 +352,17 @@ def distil(config: DistillConfig, out: str | Path, resume: bool = False, log: An
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         step += 1
+        if step == timed_from:
+            timed_at = time.monotonic()
+        if not fitted and step == timed_from + config.fit_steps_to_time:
+            now = time.monotonic()
+            per_step = (now - timed_at) / config.fit_steps_to_time
+            planned = min(config.steps, step + max(0, int((budget - (now - started)) / per_step)))
+            fitted = True
+            log(f"step {step}: {per_step:.3f} s a step, the schedule is now {planned} steps long")
         if step % 10 == 0:
-            log(f"step {step} loss {loss.item():.4f} {parts} lr {_lr_at(config, step):.2e}")
+            log(f"step {step} loss {loss.item():.4f} {parts} lr {_lr_at(config, step, planned):.2e} "
+                f"{time.monotonic() - started:.0f} s")
         if time.monotonic() - last_save >= config.checkpoint_seconds:
             history.append({"step": step, "holdout": holdout_loss(), "seconds": time.monotonic() - started})
             log(f"step {step} holdout {history[-1]['holdout']}")
@@ -321,7 +377,7 @@ def distil(config: DistillConfig, out: str | Path, resume: bool = False, log: An
     model.eval()
     final = out / "model"
     record = {"stage": "distill", "channels": model.channel_record(), "config": asdict(config), "steps_done": step,
-              "crops": len(crops),
+              "steps_planned": planned, "device": str(device), "crops": len(crops),
               "teacher_plan": asdict(plan), "history": history}
     model.save_pretrained(final, tokenizer=tokenizer, training=record)
     return final

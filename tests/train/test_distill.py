@@ -173,3 +173,68 @@ def test_warm_start_fits_the_projection_before_the_first_step(tmp_path: Path, on
     before = json.loads((cold / "training.json").read_text())["history"][0]["holdout"]["cosine"]
     after = json.loads((warm / "training.json").read_text())["history"][0]["holdout"]["cosine"]
     assert after < before - 0.05  # the fitted read-out is closer to the teacher than a random projection
+
+
+def _reference_loss(model, batch, config):
+    """distillation_loss as it was before devices and autocast (CPU, float32): the reference of the CPU path."""
+    ids, mask, windows, targets, present = batch
+    states = model._contextual(ids, mask, None)[1]
+    vectors, has_text = model.window_vectors(states, mask, windows)
+    n = min(vectors.shape[1], targets.shape[1])
+    vectors, targets = vectors[:, :n], targets[:, :n]
+    both = present[:, :n] & has_text[:, :n]
+    student, teacher = vectors[both], targets[both]
+    cosine = (1.0 - (student * teacher).sum(-1)).mean()
+    nce = torch.nn.functional.cross_entropy(student @ teacher.T / config.temperature, torch.arange(len(student)))
+    doc_s = torch.nn.functional.normalize((vectors * both.unsqueeze(-1)).sum(1), dim=-1)
+    doc_t = torch.nn.functional.normalize((targets * both.unsqueeze(-1)).sum(1), dim=-1)
+    doc = (1.0 - (doc_s * doc_t).sum(-1)).mean()
+    return cosine + config.nce_weight * nce + config.doc_weight * doc
+
+
+@pytest.mark.parametrize("device", ["cpu", "auto"])
+def test_the_cpu_path_keeps_the_losses_and_bf16_is_ignored_there(tmp_path: Path, device: str, one_thread) -> None:
+    from reformer_retrieval.encode import resolve_device
+    from reformer_retrieval.train.distill import _batch, distillation_loss
+
+    if device == "auto" and torch.cuda.is_available():
+        pytest.skip("'auto' is CUDA on this machine")
+    assert resolve_device(device) == torch.device("cpu")
+    ids, texts = _corpus(12)
+    plan = TeacherPlan(crops=12, windows=2, width=64, crops_per_doc=1, shard_crops=12, seed=0)
+    build_teacher_cache(texts, ids, tmp_path / "cache", ByteTokenizer().normalize, plan, teacher=WordTeacher(),
+                        show_progress=False)
+    _, crops, teachers = read_teacher_cache(tmp_path / "cache")
+    config = DistillConfig(teacher_cache=str(tmp_path / "cache"), device=device, bf16=True, noise_prob=0.5)
+    model = student_from(None, 384, 64).to(resolve_device(config.device))
+    batch = _batch(crops, teachers, np.arange(6), ByteTokenizer(), 64, config, np.random.default_rng(0))
+    with torch.no_grad():
+        total, parts = distillation_loss(model, batch, config)
+        expected = _reference_loss(model, batch, config)
+    assert total.item() == expected.item()  # bit for bit: no autocast, no cast on the CPU
+    assert set(parts) == {"cosine", "nce", "doc"}
+
+
+def test_the_schedule_is_fitted_to_the_time_budget_and_kept_on_resume(tmp_path: Path, one_thread) -> None:
+    ids, texts = _corpus(30)
+    plan = TeacherPlan(crops=40, windows=2, width=64, crops_per_doc=2, shard_crops=40, seed=0)
+    build_teacher_cache(texts, ids, tmp_path / "cache", ByteTokenizer().normalize, plan, teacher=WordTeacher(),
+                        show_progress=False)
+    base = ReformerConfig(d_model=32, n_layers=2, n_heads=2, d_ff=64, embedding_dim=16, chunk_size=16,
+                          max_len=4096, axial_pos_shape=(64, 64))
+    torch.manual_seed(0)
+    ReformerEncoder(base).save_pretrained(tmp_path / "init", tokenizer=ByteTokenizer())
+    config = DistillConfig(teacher_cache=str(tmp_path / "cache"), init_from=str(tmp_path / "init"), context_dim=384,
+                           context_window=64, steps=100_000, max_minutes=0.05, batch_crops=4, holdout_crops=8,
+                           fit_steps_to_time=3, checkpoint_seconds=1e9, device="auto")
+    logs: list[str] = []
+    final = distil(config, tmp_path / "run", log=logs.append)
+    record = json.loads((final / "training.json").read_text())
+    planned = record["steps_planned"]
+    assert any(f"the schedule is now {planned} steps long" in line for line in logs)
+    assert 8 <= planned < 100_000 and record["steps_done"] <= planned and record["device"] == "cpu"
+    longer = DistillConfig(**{**config.__dict__, "max_minutes": 0.02})
+    logs.clear()
+    distil(longer, tmp_path / "run", resume=True, log=logs.append)
+    assert not any("the schedule is now" in line for line in logs)  # fitted once, kept in the checkpoint
+    assert json.loads((tmp_path / "run" / "model" / "training.json").read_text())["steps_planned"] == planned
