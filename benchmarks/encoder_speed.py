@@ -98,6 +98,7 @@ def _build_ours(spec: dict[str, Any], length: int) -> Any:
         attention_dropout=0.0,
         reversible=spec["reversible"],
         attention_impl=OURS_KERNELS[spec.get("impl", "ours")],
+        attention_layers=tuple(spec["attention_layers"]) if spec.get("attention_layers") else None,
     )
     return ReformerEncoder(config)
 
@@ -298,6 +299,8 @@ def _spec(args: argparse.Namespace, impl: str, mode: str, length: int, **over: A
         "batch": args.batch,
         "series": "main",
     }
+    if args.attention_layers:
+        spec["attention_layers"] = list(args.attention_layers)
     spec.update(over)
     return spec
 
@@ -518,6 +521,22 @@ def _choices(allowed: tuple[str, ...]) -> Any:
     return parse
 
 
+def _apply_default_shape(args: argparse.Namespace) -> None:
+    """Take the model shape from the bundled default model's config (``--default-shape``)."""
+    import json
+
+    config = json.loads((Path(__file__).resolve().parents[1] / "reformer_retrieval" / "assets" / "default"
+                         / "config.json").read_text())
+    args.d_model, args.layers, args.heads = config["d_model"], config["n_layers"], config["n_heads"]
+    args.d_ff, args.chunk, args.hashes = config["d_ff"], config["chunk_size"], config["n_hashes"]
+    args.attention_layers = config.get("attention_layers")
+    bad = [i for i in (args.impls or []) if i not in OURS_KERNELS]
+    if bad:
+        raise SystemExit(f"--default-shape measures ours only, not {bad}")
+    args.impls = args.impls or ["ours"]
+    args.rev_check = bool(args.rev_check)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line (see the module docstring)."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -543,6 +562,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, default=1, help="sequences per call (tok/s counts all of them)")
+    p.add_argument("--default-shape", action="store_true",
+                   help="ours only: the bundled default model's shape (width, depth, heads, feed-forward, chunk, "
+                        "hashes, local / LSH layer pattern) instead of the --d-model ... flags")
     p.add_argument("--rev-check", dest="rev_check", action="store_true", default=None,
                    help="also measure the training step reversible vs reversible=False (default on)")
     p.add_argument("--no-rev-check", dest="rev_check", action="store_false")
@@ -565,6 +587,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.budget = min(args.budget, 20.0)
         args.timeout = min(args.timeout, 120.0)
         args.rev_check = bool(args.rev_check)
+    args.attention_layers = None
+    if args.default_shape:
+        _apply_default_shape(args)
     args.device = args.device or "cpu"
     args.dtype = args.dtype or "fp32"
     args.impls = args.impls or list(DEFAULT_IMPLS)
@@ -626,7 +651,10 @@ def main(argv: list[str] | None = None) -> int:
     report, checks = summarise(rows)
     header = (
         f"Encoder speed: batch {args.batch}, d_model {args.d_model}, {args.layers} layers, {args.heads} heads, d_ff {args.d_ff}, "
-        f"chunk {args.chunk}, {args.hashes} hashes, all layers LSH (Reformers), device {args.device}, {args.dtype}. "
+        f"chunk {args.chunk}, {args.hashes} hashes, "
+        + (f"layers {','.join(args.attention_layers)} (the default model's shape)" if args.attention_layers
+           else "all layers LSH (Reformers)")
+        + f", device {args.device}, {args.dtype}. "
         f"Best of up to {args.repeats} timed calls after a warm-up (a warm-up longer than {args.budget / 2:.0f} s "
         f"is the measurement), best of {args.runs} process(es). Peak memory: "
         + (

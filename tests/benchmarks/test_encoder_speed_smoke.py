@@ -289,3 +289,20 @@ def test_flex_and_chunked_rows_measure_the_kernel_they_name(mode):
     assert es._build_ours({**TINY, "impl": "flex"}, 128).config.attention_impl == "flex"
     assert es._build_ours({**TINY, "impl": "chunked"}, 128).config.attention_impl == "chunked"
     assert flex_lsh.flex_available("cpu")  # the flex row did not fall back
+
+
+def test_default_shape_builds_the_bundled_models_layout():
+    """``--default-shape``: the bundled default model's width, depth, hashes and local / LSH layer pattern."""
+    import json
+
+    config = json.loads((BENCH_DIR.parent / "reformer_retrieval" / "assets" / "default" / "config.json").read_text())
+    args = es.parse_args(["--default-shape", "--lengths", "1024", "--modes", "train", "--impls", "flex,chunked"])
+    assert (args.d_model, args.layers, args.hashes) == (
+        config["d_model"], config["n_layers"], config["n_hashes"])
+    assert not args.rev_check and args.impls == ["flex", "chunked"]
+    spec = es.build_plan(args)[0][0]
+    assert spec["attention_layers"] == config["attention_layers"]
+    model = es._build_ours(spec, 1024)
+    assert model.config.layer_kinds == tuple(config["attention_layers"])
+    with pytest.raises(SystemExit):
+        es.parse_args(["--default-shape", "--impls", "hf"])
