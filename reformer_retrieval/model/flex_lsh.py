@@ -47,10 +47,29 @@ from reformer_retrieval.model.chunked_attention import (
     window_slot_chunks,
 )
 
-__all__ = ["AUTO_FLEX_TRAIN_LENGTH", "flex_available", "flex_chunked_attention", "flex_failed", "padded_length"]
+__all__ = [
+    "AUTO_FLEX_FROM",
+    "auto_uses_flex",
+    "flex_available",
+    "flex_chunked_attention",
+    "flex_failed",
+    "padded_length",
+]
 
-# ``attention_impl="auto"`` runs this kernel for CPU training steps from this (padded) length up
-AUTO_FLEX_TRAIN_LENGTH = 2048
+AUTO_FLEX_FROM: dict[tuple[str, str], int | None] = {
+    ("cpu", "inference"): None,
+    ("cpu", "train"): 2048,
+    ("cuda", "inference"): None,
+    ("cuda", "train"): None,
+}
+"""Shortest input (tokens) from which ``attention_impl="auto"`` runs this kernel, per (device type, mode);
+None: never (device types not listed: never). Chosen by measurement (module docstring, README)."""
+
+
+def auto_uses_flex(device_type: str, training: bool, length: int) -> bool:
+    """Whether ``attention_impl="auto"`` runs FlexAttention for an input of ``length`` tokens (`AUTO_FLEX_FROM`)."""
+    start = AUTO_FLEX_FROM.get((device_type, "train" if training else "inference"))
+    return start is not None and length >= start
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from torch import nn
 from reformer_retrieval.config import ReformerConfig
 from reformer_retrieval.model.chunked_attention import chunked_attention_combined, full_attention
 from reformer_retrieval.model.flex_lsh import (
-    AUTO_FLEX_TRAIN_LENGTH,
+    auto_uses_flex,
     flex_available,
     flex_chunked_attention,
     flex_failed,
@@ -289,13 +289,11 @@ class LSHSelfAttention(nn.Module):
 
     def _use_flex(self, x: torch.Tensor) -> bool:
         """Whether this call runs the FlexAttention kernel: with ``attention_impl="flex"``, or with ``"auto"``
-        for CPU training from `AUTO_FLEX_TRAIN_LENGTH` tokens (the measured default, see
+        where `AUTO_FLEX_FROM` says so for this device, mode and length (the measured defaults, see
         `reformer_retrieval.model.flex_lsh`); never with attention dropout, nor after a failed compile."""
         if self.attention_impl == "chunked" or (self.attention_dropout > 0.0 and self.training):
             return False
-        if self.attention_impl == "auto" and not (
-            self.training and x.device.type == "cpu" and x.shape[1] >= AUTO_FLEX_TRAIN_LENGTH
-        ):
+        if self.attention_impl == "auto" and not auto_uses_flex(x.device.type, self.training, x.shape[1]):
             return False
         return flex_available(x.device)
 

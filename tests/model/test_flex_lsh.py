@@ -227,22 +227,28 @@ def test_environment_switch_turns_the_kernel_off(monkeypatch):
     assert not flex_lsh.flex_available("cpu")
 
 
-def test_auto_picks_flex_only_for_long_cpu_training():
-    """``auto``: FlexAttention for CPU training from `AUTO_FLEX_TRAIN_LENGTH` tokens, the chunked path for
-    inference and short inputs (so tests and short documents never compile); ``flex`` opts in everywhere."""
+def test_auto_follows_the_measured_table(monkeypatch):
+    """``auto`` runs FlexAttention where `AUTO_FLEX_FROM` names a start length for the device and mode (here
+    set for CPU training from 2,048 tokens), the chunked path elsewhere and for shorter inputs; ``flex`` opts
+    in everywhere, attention dropout never uses it."""
     cfg = dict(d_model=16, n_layers=1, n_heads=2, d_ff=32, embedding_dim=8, chunk_size=16, max_len=4096,
                axial_pos_shape=(64, 64))
-    short, long = torch.zeros(1, 256, 16), torch.zeros(1, flex_lsh.AUTO_FLEX_TRAIN_LENGTH, 16)
+    monkeypatch.setitem(flex_lsh.AUTO_FLEX_FROM, ("cpu", "train"), 2048)
+    monkeypatch.setitem(flex_lsh.AUTO_FLEX_FROM, ("cpu", "inference"), None)
+    short, long = torch.zeros(1, 256, 16), torch.zeros(1, 2048, 16)
     on = flex_lsh.flex_available("cpu")
     auto = LSHSelfAttention(ReformerConfig(**cfg), 0)
     assert auto.attention_impl == "auto"
     assert auto.train()._use_flex(long) == on and not auto._use_flex(short)
     assert not auto.eval()._use_flex(long)
+    monkeypatch.setitem(flex_lsh.AUTO_FLEX_FROM, ("cpu", "train"), None)
+    assert not auto.train()._use_flex(long)
     assert not LSHSelfAttention(ReformerConfig(**cfg, attention_impl="chunked"), 0).train()._use_flex(long)
     flex = LSHSelfAttention(ReformerConfig(**cfg, attention_impl="flex"), 0)
     assert flex.eval()._use_flex(short) == on
     dropout = LSHSelfAttention(ReformerConfig(**cfg, attention_impl="flex", attention_dropout=0.1), 0)
     assert not dropout.train()._use_flex(long)
+    assert not flex_lsh.auto_uses_flex("mps", True, 1 << 16)  # a device type not in the table: never
 
 
 def test_attention_impl_is_validated_and_left_out_of_the_model_id_at_default():
