@@ -273,7 +273,8 @@ def _assemble(read: StageInfo, components: StageInfo, verify: StageInfo, embed: 
         max_score = np.where(np.isinf(best), np.nan, best)
     vectors = truncated = None
     if embed is not None:
-        emb = _table(embed.paths, ["row", "embedding", "truncated"])
+        # the vectors only for keep="central": the driver would otherwise read every vector for a bool column
+        emb = _table(embed.paths, ["row", "truncated"] + (["embedding"] if keep == "central" else []))
         eo = np.argsort(emb.column("row").to_numpy(), kind="stable")
         truncated = emb.column("truncated").to_numpy(zero_copy_only=False)[eo]
         if keep == "central":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from reformer_retrieval.corpus import CorpusError, EmbeddingWriter
 from reformer_retrieval.dedup import find_duplicates
 from reformer_retrieval.pipeline import dedup_pipeline
@@ -70,3 +71,25 @@ def test_a_missing_or_repeated_id_is_one_line_naming_it(tmp_path):
     with pytest.raises(CorpusError, match="not an embeddings file"):
         dedup_pipeline(corpus, tmp_path / "o3", method="embedding", embeddings=tmp_path / "not-emb.parquet",
                        threshold=0.9)
+
+
+def test_the_final_step_reads_the_vectors_only_for_keep_central(tmp_path, monkeypatch):
+    """The clusters step on the driver reads ``truncated`` of the embed stage; every vector only for keep='central'."""
+    from reformer_retrieval.pipeline import flow
+
+    n = 60
+    vectors, _ = _vectors(n)
+    ids = [f"d{i:04d}" for i in range(n)]
+    corpus = write_corpus(tmp_path / "corpus.parquet", ids, [f"text {i}" for i in range(n)])
+    _write(tmp_path / "e.parquet", ids, vectors)
+    read_columns: list[list[str]] = []
+    table = flow._table
+    monkeypatch.setattr(flow, "_table", lambda paths, columns, filter=None: (
+        read_columns.append(list(columns)), table(paths, columns, filter))[1])
+    for keep in ("longest", "central"):
+        read_columns.clear()
+        res = dedup_pipeline(corpus, tmp_path / keep, method="embedding", embeddings=tmp_path / "e.parquet",
+                             threshold=0.9, keep=keep)
+        wanted = [c for c in read_columns if "truncated" in c]
+        assert len(wanted) == 1 and ("embedding" in wanted[0]) == (keep == "central")
+        assert res.is_representative.sum() == res.n_clusters
