@@ -238,3 +238,12 @@ def test_the_schedule_is_fitted_to_the_time_budget_and_kept_on_resume(tmp_path: 
     distil(longer, tmp_path / "run", resume=True, log=logs.append)
     assert not any("the schedule is now" in line for line in logs)  # fitted once, kept in the checkpoint
     assert json.loads((tmp_path / "run" / "model" / "training.json").read_text())["steps_planned"] == planned
+
+
+def test_the_shipped_distillation_configs_load() -> None:
+    root = Path(__file__).resolve().parents[2] / "configs"
+    stage = DistillConfig.from_json(root / "distill_stage.json")
+    gpu = DistillConfig.from_json(root / "distill_gpu.json")
+    assert (stage.device, stage.bf16, stage.fit_steps_to_time) == ("cpu", False, 0)
+    assert (gpu.device, gpu.bf16, gpu.fit_steps_to_time, gpu.warm_start) == ("auto", True, 20, True)
+    assert gpu.context_dim == stage.context_dim and gpu.context_window == stage.context_window
