@@ -140,3 +140,26 @@ def test_a_shard_error_on_a_worker_is_one_line_naming_the_file(ray_cluster, tmp_
         StageRunner(tmp_path / "stages", RayEngine()).run(task)
     message = str(info.value)
     assert "\n" not in message and "c.parquet" in message and message.startswith("stage read, shard 0: ")
+
+
+def test_embeddings_dataset_ray_equals_local(ray_cluster, tmp_path):
+    """dedup_pipeline(embeddings=...): vectors taken from an embeddings file by id give the same outputs on Ray."""
+    from reformer_retrieval.corpus import EmbeddingWriter
+
+    n, dim = 1_200, 32
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    x[1::6] = x[0::6][: len(x[1::6])] + 0.2 * rng.standard_normal((len(x[1::6]), dim)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    ids = [f"v{i:05d}" for i in range(n)]
+    corpus = write_corpus(tmp_path / "c.parquet", ids, [f"t{i}" for i in range(n)], row_group_size=300)
+    order = rng.permutation(n)
+    with EmbeddingWriter(tmp_path / "e.parquet", dim=dim, model_id="m-ray-test") as w:
+        w.write([ids[i] for i in order], x[order], np.ones(n, np.int32), np.zeros(n, bool))
+    for index in ("flat", "lsh"):
+        for engine in ("local", "ray"):
+            res = dedup_pipeline(corpus, tmp_path / f"{index}-{engine}", method="embedding", index=index,
+                                 embeddings=tmp_path / "e.parquet", threshold=0.9, shard_rows=300,
+                                 engine=RayEngine() if engine == "ray" else None)
+            assert res.summary["engine"] == engine and res.summary["duplicate_clusters"] >= 150
+        _same_outputs(tmp_path / f"{index}-local", tmp_path / f"{index}-ray")
