@@ -195,6 +195,11 @@ def encode_dataset(
     batch on the same device. Rows whose text is null, empty, whitespace-only or not UTF-8 get a null
     ``embedding`` and ``n_tokens`` 0.
 
+    Ray gives each actor whole blocks of ``ds``: a dataset of one large block is encoded by one actor. With
+    the default ``concurrency`` the actors hold every CPU, so the tasks that make ``ds`` must reserve none
+    (``ray.data.read_parquet(..., num_cpus=0)``; `reformer_retrieval.ray_read.read_corpus` with
+    ``num_cpus=0`` and ``rows_per_block=batch_size`` does both) or they wait for a CPU forever.
+
     Example:
         >>> import ray                                                                  # doctest: +SKIP
         >>> ds = ray.data.read_parquet("s3://bucket/corpus/")                           # doctest: +SKIP
@@ -307,7 +312,8 @@ def encode_corpus(
     ctx.execution_options.preserve_order = True
     # Read tasks reserve no CPU: the encoder actors take every CPU by default, and a read task waiting for
     # one would wait forever (reads are light next to encoding; Ray Data's backpressure bounds them).
-    ds = ray.data.read_datasource(source, override_num_blocks=len(source.shards), num_cpus=0)
+    # Blocks of about batch_size rows: Ray gives an actor whole blocks, so every actor gets work from one shard.
+    ds = ray.data.read_datasource(source, override_num_blocks=source.num_blocks(batch_size), num_cpus=0)
     encoded = encode_dataset(ds, model=model, text_column=text_column, device=device, concurrency=actors,
                              num_gpus=gpus_per_actor, batch_size=batch_size, **encoder_options)
     shard_starts = np.array([s.start for s in source.shards], np.int64)

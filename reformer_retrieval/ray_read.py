@@ -32,8 +32,7 @@ __all__ = ["CorpusDatasource", "corpus_error_of", "read_corpus"]
 
 def _read_one(spec: ShardSpec, filesystem: pafs.FileSystem, id_column: str, text_column: str) -> list[pa.Table]:
     """One read task: the shard's rows, columns named ``id_column`` and ``text_column``."""
-    table = read_shard(spec, filesystem, id_column, text_column)
-    return [table.rename_columns([id_column, text_column])]
+    return [read_shard(spec, filesystem, id_column, text_column).rename_columns([id_column, text_column])]
 
 
 class CorpusDatasource(Datasource):
@@ -62,16 +61,28 @@ class CorpusDatasource(Datasource):
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context: Any = None) -> list[ReadTask]:
         """One task per shard, whatever ``parallelism`` asks (shards are what the local engine reads)."""
-        fs, id_column, text_column = self.filesystem, self.id_column, self.text_column  # not self: each task
-        tasks = []                                                                        # carries its own spec
+        # the closures take these values, not self: each task carries its own spec, not the whole plan
+        fs, id_column, text_column = self.filesystem, self.id_column, self.text_column
+        tasks = []
         for spec in self.shards:
             meta = BlockMetadata(num_rows=spec.rows, size_bytes=None, input_files=[spec.path], exec_stats=None)
             tasks.append(ReadTask(lambda spec=spec: _read_one(spec, fs, id_column, text_column), meta))
         return tasks
 
+    def num_blocks(self, rows_per_block: int | None = None) -> int:
+        """Blocks to ask ``ray.data.read_datasource`` for (``override_num_blocks``): one per shard, or about
+        ``rows_per_block`` rows each (Ray then splits each read task's output into equal parts)."""
+        if rows_per_block is None:
+            return len(self.shards)
+        if rows_per_block < 1:
+            raise ValueError(f"rows_per_block must be positive, got {rows_per_block}")
+        rows = sum(s.rows for s in self.shards)
+        return max(len(self.shards), -(-rows // rows_per_block))
+
 
 def read_corpus(source: str | os.PathLike[str], id_column: str = "id", text_column: str = "text",
-                shard_rows: int = DEFAULT_SHARD_ROWS) -> Any:
+                shard_rows: int = DEFAULT_SHARD_ROWS, rows_per_block: int | None = None,
+                num_cpus: float | None = None) -> Any:
     """A ``ray.data.Dataset`` of a corpus's two columns, the rows of the local engine in its order.
 
     ``source`` is anything the toolkit reads (a Parquet / JSON Lines / CSV file, plain or compressed; a
@@ -80,13 +91,20 @@ def read_corpus(source: str | os.PathLike[str], id_column: str = "id", text_colu
     ``text_column``. Iterate with ``DataContext.execution_options.preserve_order = True`` to get corpus
     order (Ray otherwise yields blocks as they finish).
 
+    Ray hands a later actor pool (e.g. `reformer_retrieval.ray_engine.encode_dataset`) whole blocks, so give
+    ``rows_per_block`` (e.g. its batch size) for every actor to get work from one shard (Ray cuts each
+    shard's rows into about that many per block). ``num_cpus`` is what
+    each read task reserves (Ray's default: 1); ``0`` lets reads run beside an actor pool that holds every
+    CPU (with none free, a read task that needs one waits forever).
+
     Raises:
         CorpusError: when the corpus is planned: a missing column, a wrong type, an unreadable file (one
             line naming the file). A shard that fails later, while Ray reads it, raises Ray's error;
             `corpus_error_of` finds the one-line `CorpusError` in it.
     """
     datasource = CorpusDatasource(source, id_column, text_column, shard_rows)
-    return ray.data.read_datasource(datasource, override_num_blocks=len(datasource.shards))
+    return ray.data.read_datasource(datasource, override_num_blocks=datasource.num_blocks(rows_per_block),
+                                    num_cpus=num_cpus)
 
 
 def corpus_error_of(exc: BaseException) -> CorpusError | None:

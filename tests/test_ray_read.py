@@ -112,6 +112,17 @@ def test_read_corpus_gives_the_local_readers_rows_in_order(ray_cluster, sources)
         assert got.column(id_column)[0].as_py() == "000000", name  # CSV ids kept as written, not as 0
 
 
+def test_rows_per_block_cuts_a_shard_into_blocks_an_actor_pool_shares(ray_cluster, sources):
+    source, id_column, text_column = sources["jsonl"]  # one file: one shard, one read task
+    ds = read_corpus(source, id_column, text_column, rows_per_block=32, num_cpus=0)
+    blocks = list(ds.iter_batches(batch_format="pyarrow", batch_size=None))
+    assert len(blocks) == -(-N // 32) and max(b.num_rows for b in blocks) <= 32
+    got = [i for b in blocks for i in b.column("id").to_pylist()]
+    assert got == [f"{i:06d}" for i in range(N)]
+    with pytest.raises(ValueError, match="rows_per_block"):
+        read_corpus(source, rows_per_block=0)
+
+
 @pytest.mark.parametrize("name", FORMATS)
 def test_minhash_dedup_on_ray_equals_local_for_every_format(ray_cluster, sources, name, tmp_path):
     source, id_column, text_column = sources[name]
