@@ -91,10 +91,10 @@ class ReformerConfig:
             is a mean of many local views, not one mean that converges to the language's style).
         attention_impl: Kernel of the chunked (LSH and local) attention; never changes results beyond float
             rounding, so it is left out of ``to_dict`` (and the model id) at its default. ``"chunked"``: the
-            masked path (the fused CPU kernel for inference). ``"flex"``: block-sparse FlexAttention
-            (`reformer_retrieval.model.flex_lsh`), falling back to ``"chunked"`` with one logged line where it
-            cannot compile. ``"auto"``: the measured default, FlexAttention for CPU training
-            steps from 2,048 tokens and the chunked path otherwise (see ``flex_lsh``).
+            masked path (on the CPU, PyTorch's fused attention kernel over the windows, forward and backward).
+            ``"flex"``: block-sparse FlexAttention (`reformer_retrieval.model.flex_lsh`), falling back to
+            ``"chunked"`` with one logged line where it cannot compile. ``"auto"``: the measured default,
+            `flex_lsh.AUTO_FLEX_FROM` per device and mode (today the chunked path everywhere; see ``flex_lsh``).
         extra: Free-form JSON-serialisable metadata carried with the config (unused by the model).
     """
 

@@ -12,21 +12,25 @@ The same math as `reformer_retrieval.model.chunked_attention` (see its conventio
 * rounds are combined with the per-round logsumexps (``return_lse``), as `combine_rounds` does.
 
 Lengths are padded to a power of two (the padded chunks have no kv block, so they cost nothing but the
-sort) so that a corpus of mixed lengths compiles a handful of kernels, not one per length.
+sort) and the rows (documents x heads x rounds) ride in FlexAttention's batch dimension, marked dynamic, so a
+corpus of mixed lengths compiles one kernel per padded length, never one per batch size; inductor's on-disk
+cache serves later processes (`benchmarks/compile_cost.py`).
 
-FlexAttention has no backward and no ``return_lse`` on CPU (torch 2.13); there `_FlexWindowed` runs the
-compiled kernel forward with a sink key that recovers the logsumexp (`_flex_forward_sink`) and a vectorised
-windowed backward (batched products per group of rows over the gathered key windows, no Python loop over
-slots or heads). On CUDA the kernel's own ``return_lse`` and backward are used.
+FlexAttention has no backward and no ``return_lse`` on CPU (torch 2.13); there the compiled kernel runs
+with a sink key that recovers the logsumexp (`_flex_forward_sink`; the sink logit and the padding mask ride
+in two extra query / key columns, so the kernel captures no tensor), without gradients straight from the
+unsorted rows (`_flex_inference`), and with gradients under `_FlexWindowed`'s vectorised windowed backward.
+On CUDA the kernel's own ``return_lse`` and backward are used.
 
-Selection (``ReformerConfig.attention_impl``): ``"flex"`` always; ``"auto"`` only for CPU training steps
-(module in train mode) from `AUTO_FLEX_TRAIN_LENGTH` tokens. Measured on the shared 2-core CPU (load average
-~5), d256 / 6 layers / 4 heads / chunk 64 / 4 hashes, 2 threads, `benchmarks/encoder_speed.py` runs with
-flex and chunked side by side: training step 16K tokens flex 409 vs chunked 322 tok/s (1.27x; CPU seconds
-39.7 vs 50.5), batch 8 x 2,048 tokens 423 vs 315 tok/s (1.34x); inference 16K flex 1,173 vs chunked (fused
-CPU kernel) 1,762 tok/s (0.67x), so CPU inference stays chunked. Each new shape costs a compile (~20 s
-inference, ~45 s training, then inductor's on-disk cache), which short inputs and tests should not pay. The
-CUDA formulation is checked on CPU only (eagerly); its GPU speed is not measured, so CUDA stays chunked.
+Selection (``ReformerConfig.attention_impl``): ``"flex"`` always; ``"auto"`` where `AUTO_FLEX_FROM` names a
+start length for the device and mode, which is nowhere: on the shared 2-core CPU (2 threads, d256 / 6 layers
+/ 4 heads / chunk 64 / 4 hashes, `benchmarks/encoder_speed.py` side by side) flex runs inference at 4,509 /
+2,466 tok/s (16K / 64K tokens) against 7,772 / 6,754 for the chunked path (PyTorch's fused CPU attention over
+strided windows); training steps, one layer at 16K tokens (shared machine, load ~3), 3,966 tok/s against
+6,281 for the chunked path's fused forward and backward (1 thread; with 2 threads flex 3,185 against 5,144
+for the earlier masked path), and at the default model's shape (4 x 4,096 tokens, 1 thread) 4,692 vs 6,882. The compiled CPU flex kernel alone is 4.3x slower
+than the fused kernel on the same windows. The CUDA formulation is checked on CPU only (eagerly); its GPU
+speed is not measured, so CUDA stays on the chunked path too.
 """
 
 from __future__ import annotations
@@ -58,7 +62,7 @@ __all__ = [
 
 AUTO_FLEX_FROM: dict[tuple[str, str], int | None] = {
     ("cpu", "inference"): None,
-    ("cpu", "train"): 2048,
+    ("cpu", "train"): None,
     ("cuda", "inference"): None,
     ("cuda", "train"): None,
 }
