@@ -20,6 +20,7 @@ Examples:
   reformer-retrieval dedup emb.parquet -o out/ --method hybrid --corpus corpus.parquet
   reformer-retrieval dedup corpus.parquet -o out2/ --exclude-pairs marks.jsonl   # after `report` review
   reformer-retrieval dedup shards/ -o out/ --method minhash --engine local      # staged, resumable
+  reformer-retrieval dedup emb.parquet --corpus shards/ -o out/ --engine local  # staged, from embeddings
   reformer-retrieval dedup s3://bucket/corpus/ -o out/ --engine ray --ray-address auto
 
 \b
@@ -122,8 +123,16 @@ def dedup(input_path: str, output: Path, method: str, threshold: float | None, m
             except CorpusError:
                 is_embeddings = False
             if engine != "memory":
-                if is_embeddings or corpus is not None or exclude_pairs is not None:
-                    raise click.UsageError(f"--engine {engine} takes a corpus INPUT (no --corpus, --exclude-pairs)")
+                if exclude_pairs is not None:
+                    raise click.UsageError(f"--exclude-pairs is for --engine memory, not --engine {engine}")
+                if is_embeddings and corpus is None:
+                    raise click.UsageError(f"--engine {engine} with an embeddings INPUT needs --corpus CORPUS "
+                                           "(its read stage takes the ids and texts from the corpus)")
+                if not is_embeddings and corpus is not None:
+                    raise click.UsageError("--corpus is for an embeddings INPUT; INPUT is already a corpus")
+                if is_embeddings:  # vectors from INPUT, matched to the corpus by id
+                    options["embeddings"] = input_path
+                    input_path = corpus
                 result = _staged(input_path, output, engine, ray_address, gpus_per_actor, method=method, model=model,
                                  device=device, id_column=id_column, text_column=text_column, bucket_cap=bucket_cap,
                                  components_mode=components_mode, show_progress=not quiet, **options)

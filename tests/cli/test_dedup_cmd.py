@@ -140,12 +140,48 @@ def test_dedup_staged_engines_match_memory(tmp_path, corpus, engine):
         ray.shutdown()
 
 
-def test_dedup_staged_engine_refuses_an_embeddings_input(tmp_path):
+def test_dedup_staged_engine_needs_the_corpus_of_an_embeddings_input(tmp_path):
     x = np.eye(3, dtype=np.float32)
     emb = tmp_path / "e.parquet"
     write_embeddings(emb, ["a", "b", "c"], x, np.ones(3), np.zeros(3, bool), "cccccccccccc")
     res = CliRunner().invoke(cli, ["dedup", str(emb), "-o", str(tmp_path / "o"), "--engine", "local"])
-    assert res.exit_code == 2 and "takes a corpus INPUT" in res.output
+    assert res.exit_code == 2 and "needs --corpus" in res.output
+
+
+@pytest.mark.parametrize("method", ["embedding", "hybrid"])
+def test_dedup_staged_engine_from_embeddings_equals_memory(tmp_path, corpus, method):
+    """`dedup EMB --corpus C --engine local` takes the vectors from EMB (by id) and writes the memory engine's files."""
+    x = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    x[3] = x[1]
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    emb = tmp_path / "e.parquet"
+    order = [4, 2, 0, 3, 1]  # the embeddings in another order than the corpus
+    write_embeddings(emb, [f"doc-{i}" for i in order], x[order], np.array(order) + 1, np.zeros(5, bool),
+                     "cccccccccccc")
+    args = ["dedup", str(emb), "--corpus", str(corpus), "--method", method, "--threshold", "0.99",
+            "--minhash-threshold", "0.5", "-q"]
+    runs = {}
+    for engine in ("memory", "local"):
+        res = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / engine), "--engine", engine])
+        assert res.exit_code == 0, res.output
+        runs[engine] = res.output
+    # The memory engine lists documents in the embeddings file's order, the staged one in the corpus's.
+    def rows(engine: str, name: str, key: str) -> list[dict]:
+        table = pq.read_table(tmp_path / engine / name)
+        return sorted(table.drop_columns(["cluster_id"]).to_pylist() if "cluster_id" in table.column_names
+                      else table.to_pylist(), key=lambda r: r[key])
+
+    assert rows("local", "clusters.parquet", "id") == rows("memory", "clusters.parquet", "id")
+    def pairs(engine: str) -> list[dict]:  # a pair's two ids in either order
+        out = []
+        for r in pq.read_table(tmp_path / engine / "pairs.parquet").to_pylist():
+            a, b = sorted((r.pop("id_a"), r.pop("id_b")))
+            out.append({"a": a, "b": b, **r})
+        return sorted(out, key=lambda r: (r["a"], r["b"]))
+
+    assert pairs("local") == pairs("memory") and len(pairs("local")) >= 1
+    if method == "embedding":  # the one planted copy, doc-3 (more tokens) its representative
+        assert "[2] doc-3, doc-1" in runs["local"]
 
 
 def test_dedup_from_embeddings_takes_the_default_threshold_of_their_model(tmp_path, tiny_dir):
