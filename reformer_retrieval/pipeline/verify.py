@@ -39,6 +39,9 @@ __all__ = ["VerifyHalfTask", "VerifyTask", "exact_jaccard", "minhash_margin", "p
 
 _LABELS = np.array(["minhash", "embedding", "minhash", "embedding+minhash"])
 
+COSINE_CHUNK = 65_536
+"""Edges whose cosine ``verify`` computes at once (bounds the task's copies of the vectors)."""
+
 
 def exact_jaccard(values: np.ndarray, offsets: np.ndarray, a: np.ndarray, b: np.ndarray,
                   chunk_elements: int = 1 << 23) -> np.ndarray:
@@ -202,16 +205,18 @@ class VerifyTask(ShardTask):
         t = pads.dataset(self.half_paths, format="parquet").to_table(filter=pc.field("part") == index)
         n = t.num_rows
         a, b = t.column("a").to_numpy(), t.column("b").to_numpy()
-        order = np.argsort(b, kind="stable")
-        side_b = self.features.load(index, b[order], "_b")
-        inverse = np.empty(n, np.int64)
-        inverse[order] = np.arange(n)
+        # b's features once per distinct row (a row is the b of many edges), gathered per edge as needed
+        rows_b, inverse = np.unique(b, return_inverse=True)
+        side_b = self.features.load(index, rows_b, "_b")
         cos = np.full(n, np.nan, np.float32)
         jac = np.full(n, np.nan, np.float32)
         if self.cosine_threshold is not None and n:
-            xa = to_matrix(t.column("embedding_a"), np.float32)
-            xb = to_matrix(side_b["embedding_b"], np.float32)[inverse]
-            cos = np.einsum("ij,ij->i", xa, xb).astype(np.float32)
+            xb = to_matrix(side_b["embedding_b"], np.float32)
+            column_a = t.column("embedding_a")
+            for lo in range(0, n, COSINE_CHUNK):  # a's vectors in blocks: no (edges, dim) copy of the whole task
+                hi = min(n, lo + COSINE_CHUNK)
+                xa = to_matrix(column_a.slice(lo, hi - lo), np.float32)
+                cos[lo:hi] = np.einsum("ij,ij->i", xa, xb[inverse[lo:hi]])
         if self.jaccard_threshold is not None and n:
             sa = to_matrix(t.column("signature_a"), np.uint32)
             sb = to_matrix(side_b["signature_b"], np.uint32)[inverse]

@@ -93,3 +93,25 @@ def test_the_final_step_reads_the_vectors_only_for_keep_central(tmp_path, monkey
         wanted = [c for c in read_columns if "truncated" in c]
         assert len(wanted) == 1 and ("embedding" in wanted[0]) == (keep == "central")
         assert res.is_representative.sum() == res.n_clusters
+
+
+def test_verify_in_blocks_of_edges_gives_the_same_pairs(tmp_path, monkeypatch):
+    """`VerifyTask` computes cosines in blocks of `COSINE_CHUNK` edges, b's vectors loaded once per row."""
+    import pyarrow.parquet as pq
+
+    from reformer_retrieval.pipeline import verify
+
+    n = 400
+    vectors, _ = _vectors(n, seed=3)
+    ids = [f"d{i:04d}" for i in range(n)]
+    corpus = write_corpus(tmp_path / "corpus.parquet", ids, [f"text {i}" for i in range(n)], row_group_size=100)
+    _write(tmp_path / "e.parquet", ids, vectors)
+    whole = dedup_pipeline(corpus, tmp_path / "whole", method="embedding", embeddings=tmp_path / "e.parquet",
+                           threshold=0.5, shard_rows=100)
+    monkeypatch.setattr(verify, "COSINE_CHUNK", 7)
+    blocks = dedup_pipeline(corpus, tmp_path / "blocks", method="embedding", embeddings=tmp_path / "e.parquet",
+                            threshold=0.5, shard_rows=100)
+    assert pq.read_table(tmp_path / "whole" / "pairs.parquet").num_rows >= n // 5  # the planted copies at least
+    for name in ("pairs.parquet", "clusters.parquet"):
+        assert pq.read_table(tmp_path / "blocks" / name).equals(pq.read_table(tmp_path / "whole" / name)), name
+    assert len(blocks.clusters()) == len(whole.clusters())
