@@ -525,8 +525,9 @@ def _apply_default_shape(args: argparse.Namespace) -> None:
     """Take the model shape from the bundled default model's config (``--default-shape``)."""
     import json
 
-    config = json.loads((Path(__file__).resolve().parents[1] / "reformer_retrieval" / "assets" / "default"
-                         / "config.json").read_text())
+    from reformer_retrieval.encode import DEFAULT_MODEL_DIR
+
+    config = json.loads((Path(DEFAULT_MODEL_DIR) / "config.json").read_text())
     args.d_model, args.layers, args.heads = config["d_model"], config["n_layers"], config["n_heads"]
     args.d_ff, args.chunk, args.hashes = config["d_ff"], config["chunk_size"], config["n_hashes"]
     args.attention_layers = config.get("attention_layers")

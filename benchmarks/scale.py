@@ -117,7 +117,6 @@ def cpu_seconds() -> float:
     process: its raylet, whose reaped workers count through it, and its live workers. Unlike wall time, this
     does not grow when other jobs share the cores.
     """
-    import os
     import resource
 
     total = sum(getattr(resource.getrusage(w), f) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)

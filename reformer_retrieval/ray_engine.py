@@ -155,7 +155,7 @@ class _EncodeBatch:
         self.text_column = text_column
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from reformer_retrieval.pipeline.read import _text_problem
+        from reformer_retrieval.corpus import _text_problem
 
         if self.text_column not in batch.column_names:
             have = ", ".join(repr(c) for c in batch.column_names)
@@ -296,9 +296,9 @@ def encode_corpus(
         EmbeddingWriter,
         SkippedRecord,
         SkipReport,
+        _text_problem,
     )
     from reformer_retrieval.encode import default_skipped_path, model_identity
-    from reformer_retrieval.pipeline.read import _text_problem
     from reformer_retrieval.pipeline.sketch import to_matrix
     from reformer_retrieval.ray_read import CorpusDatasource, corpus_error_of
 

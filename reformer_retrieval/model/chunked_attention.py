@@ -246,6 +246,14 @@ def _fused_ok(qk: torch.Tensor, v: torch.Tensor, dropout: float, training: bool)
     )
 
 
+def _self_bias(q_rng: torch.Tensor, c: int, width: int, self_slot: int) -> torch.Tensor:
+    """(1, 1, c, width) additive mask of the fused kernel: ``MASK_SELF`` where a query meets its own key (the
+    diagonal of window slot ``self_slot``), 0 elsewhere."""
+    bias = q_rng.new_zeros(c, width)
+    bias[:, self_slot * c : (self_slot + 1) * c].fill_diagonal_(MASK_SELF)
+    return bias[None, None]
+
+
 def _fused_windows(
     q_rng: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, M: int, n_slots: int, self_slot: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -261,10 +269,8 @@ def _fused_windows(
     # one window per batch entry, one head: the kernel runs 10-20% faster than with the windows as heads
     kw = kp.as_strided((M, 1, width, d), (c * d, 0, d, 1), kp.storage_offset())
     vw = vp.as_strided((M, 1, width, d), (c * d, 0, d, 1), vp.storage_offset())
-    bias = q_rng.new_zeros(c, width)
-    bias[:, self_slot * c : (self_slot + 1) * c].fill_diagonal_(MASK_SELF)
     out, lse = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(
-        q_rng.unsqueeze(1), kw, vw, 0.0, False, attn_mask=bias[None, None], scale=1.0
+        q_rng.unsqueeze(1), kw, vw, 0.0, False, attn_mask=_self_bias(q_rng, c, width, self_slot), scale=1.0
     )
     return out[:, 0], lse[:, 0].to(torch.promote_types(q_rng.dtype, torch.float32))
 
@@ -317,11 +323,9 @@ class _FusedWindowsFn(torch.autograd.Function):
         vw = vx.as_strided((M, 1, width, d + 1), (c * (d + 1), 0, d + 1, 1))
         outx = torch.cat([out, (1.0 - dlse.to(out.dtype)).unsqueeze(-1)], dim=-1)
         doutx = torch.cat([dout, torch.ones_like(dout[..., :1])], dim=-1)
-        bias = q_rng.new_zeros(c, width)
-        bias[:, self_slot * c : (self_slot + 1) * c].fill_diagonal_(MASK_SELF)
         gq, gk, gv = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward(
-            doutx[:, None], qx[:, None], kw, vw, outx[:, None], lse[:, None], 0.0, False, attn_mask=bias[None, None],
-            scale=1.0,
+            doutx[:, None], qx[:, None], kw, vw, outx[:, None], lse[:, None], 0.0, False,
+            attn_mask=_self_bias(q_rng, c, width, self_slot), scale=1.0,
         )
         dk = torch.zeros_like(kp)
         dv = torch.zeros_like(vp)

@@ -142,43 +142,33 @@ def flex_failed(device: torch.device | str, exc: BaseException) -> None:
 
 
 def _block_mask(
-    slots: torch.Tensor, valid_sorted: torch.Tensor, chunk: int, length: int, sink: bool = False,
-    backward: bool = False,
+    slots: torch.Tensor, valid_sorted: torch.Tensor, chunk: int, length: int, backward: bool = False,
 ):
-    """BlockMask (rows, 1, length, kv_length) from window slots (rows, n_chunks, S) and sorted validity.
+    """BlockMask (rows, 1, length, length) from window slots (rows, n_chunks, S) and sorted validity.
 
-    ``sink``: one more kv block (index ``n_chunks``) whose first key, at kv position ``length``, every query
-    sees (the CPU kernel's logsumexp probe, see `_flex_forward_sink`). ``backward``: also build the
-    transposed (query-block) indices FlexAttention's own backward needs.
+    ``backward``: also build the transposed (query-block) indices FlexAttention's own backward needs (the CPU
+    sink kernel has its own mask, `_sink_block_mask`).
     """
     from torch.nn.attention.flex_attention import BlockMask
 
     rows, nc, _ = slots.shape
-    n_kv = nc + 1 if sink else nc
     chunk_full = valid_sorted.view(rows, nc, chunk).all(dim=-1)  # (rows, nc)
     used = slots >= 0
     idx = slots.clamp(min=0)
     full = used & chunk_full.gather(1, idx.view(rows, -1)).view_as(slots)
     partial = used & ~full
-    if sink:
-        idx = torch.cat([idx, torch.full_like(idx[..., :1], nc)], dim=-1)
-        full = torch.cat([full, torch.zeros_like(full[..., :1])], dim=-1)
-        partial = torch.cat([partial, torch.ones_like(partial[..., :1])], dim=-1)
 
     def compact(sel: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         num = sel.sum(dim=-1).to(torch.int32)
-        key = torch.where(sel, idx, n_kv + idx)  # selected first, in block order
+        key = torch.where(sel, idx, nc + idx)  # selected first, in block order
         order = key.sort(dim=-1).values
-        order = torch.where(order >= n_kv, order - n_kv, order).to(torch.int32)
+        order = torch.where(order >= nc, order - nc, order).to(torch.int32)
         # the kernels want one column per kv block
-        order = torch.cat([order, order.new_zeros(rows, nc, n_kv - order.shape[-1])], dim=-1)
+        order = torch.cat([order, order.new_zeros(rows, nc, nc - order.shape[-1])], dim=-1)
         return num[:, None], order[:, None]
 
     kv_num, kv_idx = compact(partial)
     full_num, full_idx = compact(full)
-    valid_kv = torch.cat([valid_sorted, valid_sorted.new_zeros(rows, chunk)], dim=1) if sink else valid_sorted
-    if sink:
-        valid_kv[:, length] = True
 
     n_slots = slots.shape[-1]
 
@@ -189,13 +179,11 @@ def _block_mask(
         in_window = slots[b, q_idx // chunk, 0] == kv_chunk
         for s in range(1, n_slots):
             in_window = in_window | (slots[b, q_idx // chunk, s] == kv_chunk)
-        if sink:
-            in_window = in_window | (kv_idx == length)
-        return valid_kv[b, kv_idx] & in_window
+        return valid_sorted[b, kv_idx] & in_window
 
     return BlockMask.from_kv_blocks(
         kv_num, kv_idx, full_num, full_idx, BLOCK_SIZE=chunk, mask_mod=mask_mod,
-        seq_lengths=(length, length + (chunk if sink else 0)), compute_q_blocks=backward,
+        seq_lengths=(length, length), compute_q_blocks=backward,
     )
 
 

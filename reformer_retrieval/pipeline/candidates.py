@@ -48,8 +48,6 @@ def star_edges(groups: np.ndarray, rows: np.ndarray, path: bool = True) -> tuple
     member fails verification (wiki_versions, MinHash: the star alone keeps 0.988 of the all-pairs
     co-clustered pairs, star + path 1.000). Returns ``(a, b, sizes)``, ``sizes`` per bucket in label order.
     """
-    if len(rows) == 0:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     order = np.lexsort((rows, groups))
     g = groups[order]
     start = np.ones(len(g), dtype=bool)
@@ -59,6 +57,8 @@ def star_edges(groups: np.ndarray, rows: np.ndarray, path: bool = True) -> tuple
 
 def _sorted_star_edges(start: np.ndarray, r: np.ndarray, path: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """`star_edges` of members ``r`` already sorted by bucket, then row; ``start`` marks each bucket's first."""
+    if len(r) == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
     head_index = np.cumsum(start) - 1
     heads = r[start]
     a = heads[head_index]
@@ -151,10 +151,7 @@ class CandidatesTask(ShardTask):
         family, band, key, rows = family[order], band[order], key[order], rows[order]
         start = np.ones(len(rows), bool)
         start[1:] = (family[1:] != family[:-1]) | (band[1:] != band[:-1]) | (key[1:] != key[:-1])
-        if len(rows):
-            a, b, sizes = _sorted_star_edges(start, rows, path=self.edges == "star+path")
-        else:
-            a, b, sizes = star_edges(rows, rows)
+        a, b, sizes = _sorted_star_edges(start, rows, path=self.edges == "star+path")
         big = np.flatnonzero(sizes > self.bucket_cap)
         report: dict[str, Any] = {"buckets": int((sizes > 1).sum()), "largest_bucket": int(sizes.max(initial=0)),
                                   "oversized": []}

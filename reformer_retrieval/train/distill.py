@@ -190,10 +190,9 @@ def fit_projection(
     return {"windows": float(len(x)), "r2": float(r2), "cosine": float((unit * y_unit).sum(1).mean())}
 
 
-def _lr_at(config: DistillConfig, step: int, steps: int | None = None) -> float:
-    """Learning rate of ``step`` in a schedule of ``steps`` (default ``config.steps``)."""
-    return warmup_cosine_lr(step, config.steps if steps is None else steps, config.lr, config.warmup,
-                            config.min_lr_ratio)
+def _lr_at(config: DistillConfig, step: int, steps: int) -> float:
+    """Learning rate of ``step`` in a schedule of ``steps`` (``config.steps``, or the length fitted to the time)."""
+    return warmup_cosine_lr(step, steps, config.lr, config.warmup, config.min_lr_ratio)
 
 
 _KERNEL_WARMUP_STEPS = 5
