@@ -24,6 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, write_json
+from model_quality import channel_views, load_labelled
 
 __all__ = ["channel_scores", "main"]
 
@@ -37,11 +38,7 @@ def channel_scores(encoder: Any, texts: list[str], clusters: np.ndarray) -> list
     emb = encoder.encode(texts, show_progress=False)
     seconds = time.perf_counter() - started
     speed = sum(len(t) for t in texts) / max(seconds, 1e-9)
-    parts: list[tuple[str, np.ndarray]] = [("both", emb)]
-    channels = encoder.model.channels()
-    for name, (columns, _) in channels.items() if len(channels) > 1 else ():
-        sub = emb[:, columns]
-        parts.append((name, sub / np.maximum(np.linalg.norm(sub, axis=1, keepdims=True), 1e-12)))
+    parts = [("both", emb), *channel_views(emb, encoder.model.channels())]
     rows = []
     for name, vectors in parts:
         m = pair_metrics(vectors @ vectors.T, clusters)
@@ -62,9 +59,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = parser.parse_args(argv)
 
-    import pyarrow.parquet as pq
-    from model_quality import cluster_subset
-
     from reformer_retrieval.encode import Encoder
 
     for path in args.data:
@@ -74,13 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     encoder = Encoder.load(args.model, device=args.device, dtype=args.dtype)
     rows: list[dict[str, Any]] = []
     for path in args.data:
-        table = pq.read_table(path, columns=["text", "cluster"])
-        clusters = np.asarray([str(c) for c in table.column("cluster").to_pylist()])
-        keep = cluster_subset(clusters, args.max_clusters, args.seed)
-        texts = [t or "" for t in table.column("text").take(keep).to_pylist()]
-        clusters = clusters[keep]
+        data = load_labelled(path, args.max_clusters, 0, args.seed)
+        texts = [t or "" for t in data["texts"]]
         rows.extend({"data": path.name, "model_id": encoder.model_id, **r}
-                    for r in channel_scores(encoder, texts, clusters))
+                    for r in channel_scores(encoder, texts, data["clusters"]))
     print(markdown_table(
         ["data", "channel", "ROC-AUC", "best F1", "at threshold", "chars/s"],
         [[r["data"], r["channel"], f"{r['roc_auc']:.4f}", f"{r['best_f1']:.4f}", f"{r['best_threshold']:.3f}",

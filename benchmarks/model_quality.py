@@ -47,7 +47,8 @@ REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO / ".." / "shared" / "data" / "dev" / "wiki_versions" / "corpus.parquet"
 _WORDS = re.compile(r"\w+")
 
-__all__ = ["cluster_subset", "family_metrics", "load_labelled", "main", "minhash_similarity", "shingles", "write_noisy_copy"]
+__all__ = ["channel_views", "cluster_subset", "family_metrics", "labelled_table", "load_labelled", "main",
+           "minhash_similarity", "noisy_copy", "shingles", "write_noisy_copy"]
 
 
 def cluster_subset(clusters: np.ndarray, max_clusters: int, seed: int) -> np.ndarray:
@@ -143,14 +144,39 @@ def _random_encoder(model_dir: Path | None, seed: int, device: str, batch_tokens
     return Encoder(model, load_tokenizer(directory), device=device, batch_tokens=batch_tokens)
 
 
+def channel_views(emb: np.ndarray, channels: dict[str, tuple[Any, Any]]) -> list[tuple[str, np.ndarray]]:
+    """``(name, vectors)`` of each channel of embeddings ``emb`` alone: its columns (``model.channels()``),
+    rows renormalised to unit length. Empty for a one-channel model (its only view is ``emb`` itself)."""
+    views = []
+    for name, (columns, _) in channels.items() if len(channels) > 1 else ():
+        sub = emb[:, columns]
+        views.append((name, sub / np.maximum(np.linalg.norm(sub, axis=1, keepdims=True), 1e-12)))
+    return views
+
+
+def noisy_copy(texts: list[str], rows: Any, strength: float, seed: int, preset: str) -> list[str]:
+    """The noised copy of ``texts``: ``augment(text, strength, seed=(seed, row), preset=preset)``, ``row`` each
+    text's row in the full labelled file (so a subset is noised as the whole file would be)."""
+    from reformer_retrieval.train.augment import augment
+
+    return [augment(t, strength, seed=(seed, int(r)), preset=preset) for t, r in zip(texts, rows)]
+
+
+def labelled_table(ids: list[str], texts: list[str], clusters: Any) -> Any:
+    """The ``(id, text, cluster)`` pyarrow table of labelled rows (clusters as strings)."""
+    import pyarrow as pa
+
+    return pa.table({"id": pa.array(ids, pa.string()), "text": pa.array(texts, pa.string()),
+                     "cluster": pa.array([str(c) for c in clusters], pa.string())})
+
+
 def write_noisy_copy(path: Path, ids: list[str], texts: list[str], clusters: np.ndarray) -> None:
     """Write ``(id, text, cluster)`` rows to a Parquet file atomically (temp file + rename)."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from reformer_retrieval.atomic import atomic_path
 
-    table = pa.table({"id": ids, "text": texts, "cluster": [str(c) for c in clusters]})
+    table = labelled_table(ids, texts, clusters)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path, ".parquet") as tmp:
         pq.write_table(table, tmp)
@@ -194,14 +220,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"no labelled data at {args.data} (pass --data)", file=sys.stderr)
         return 2
     from reformer_retrieval.encode import Encoder
-    from reformer_retrieval.train import augment, pair_metrics
+    from reformer_retrieval.train import pair_metrics
 
     data = load_labelled(args.data, args.max_clusters, args.max_chars, args.seed)
     clean = data["texts"]
-    noisy = [
-        augment(t, args.noise_strength, seed=(args.noise_seed, int(r)), preset=args.noise_preset)
-        for t, r in zip(clean, data["rows"])
-    ]
+    noisy = noisy_copy(clean, data["rows"], args.noise_strength, args.noise_seed, args.noise_preset)
     if args.write_noisy is not None:
         write_noisy_copy(args.write_noisy, data["ids"], noisy, data["clusters"])
         print(f"wrote the noisy copy of {len(noisy)} documents to {args.write_noisy}")
@@ -250,10 +273,7 @@ def main(argv: list[str] | None = None) -> int:
             if info["chars_per_s_from_cache"]:
                 print(f"{condition}: {name} vectors from the cache {store.npy}; chars/s is its record", file=sys.stderr)
             results.append((f"{name} ({encoder.model_id})", emb @ emb.T, seconds, encoder.model_id, speed, False))
-            channels = encoder.model.channels()
-            for part, (columns, _) in channels.items() if len(channels) > 1 else ():  # ablation: each channel
-                sub = emb[:, columns]
-                sub = sub / np.maximum(np.linalg.norm(sub, axis=1, keepdims=True), 1e-12)
+            for part, sub in channel_views(emb, encoder.model.channels()):  # ablation: each channel alone
                 results.append((f"{name}: {part} channel only", sub @ sub.T, 0.0, encoder.model_id, speed, True))
         if use_minilm:
             emb, stats = minilm_chunk_mean_with_stats(

@@ -105,17 +105,12 @@ def labelled_subset(path: Path, clusters: int, seed: int, noise_strength: float 
     """The clean and OCR-noised ``(id, text, cluster)`` tables of ``clusters`` whole clusters of a labelled
     file, chosen and noised exactly as ``benchmarks/model_quality.py`` chooses and noises them."""
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from model_quality import load_labelled
-
-    from reformer_retrieval.train.augment import augment
+    from model_quality import labelled_table, load_labelled, noisy_copy
 
     data = load_labelled(path, clusters, 0, seed)
-    noisy = [augment(t, noise_strength, seed=(noise_seed, int(r)), preset=noise_preset)
-             for t, r in zip(data["texts"], data["rows"])]
-    columns = {"id": pa.array(data["ids"], pa.string()), "cluster": pa.array([str(c) for c in data["clusters"]])}
-    clean = pa.table({"id": columns["id"], "text": pa.array(data["texts"], pa.string()), "cluster": columns["cluster"]})
-    ocr = pa.table({"id": columns["id"], "text": pa.array(noisy, pa.string()), "cluster": columns["cluster"]})
-    return clean, ocr
+    noisy = noisy_copy(data["texts"], data["rows"], noise_strength, noise_seed, noise_preset)
+    return (labelled_table(data["ids"], data["texts"], data["clusters"]),
+            labelled_table(data["ids"], noisy, data["clusters"]))
 
 
 def half_precision_copy(source: Path, target: Path) -> int:
