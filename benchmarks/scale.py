@@ -141,11 +141,9 @@ def cpu_seconds() -> float:
 
 def _datasketch(spec: dict[str, Any]) -> dict[str, Any]:
     """datasketch MinHash + MinHashLSH on the corpus (see the module docstring), timed per step."""
-    import itertools
-    import re
-
     import pyarrow.parquet as pq
     from datasketch import MinHash, MinHashLSH
+    from model_quality import shingles
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -155,17 +153,13 @@ def _datasketch(spec: dict[str, Any]) -> dict[str, Any]:
     texts = pq.read_table(spec["corpus"], columns=["text"]).column("text").to_pylist()
     n = len(texts)
     stages["read"] = time.perf_counter() - t0
-    word = re.compile(r"\w+")
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
     values = np.empty((n, num_perm), np.uint64)
     pa_, pb_ = [], []
     t_sketch = t_lsh = 0.0
 
-    def shingles(text: str) -> set[bytes]:
-        w = word.findall(text.lower())
-        return {f"{a} {b}".encode() for a, b in itertools.pairwise(w)} or {" ".join(w).encode()}
-
-    gen = MinHash.generator((list(shingles(t)) for t in texts), num_perm=num_perm, seed=1)
+    # each document's distinct lower-cased word 2-grams (all its words as one shingle when it has fewer than 2)
+    gen = MinHash.generator((list(set(shingles(t, 2))) for t in texts), num_perm=num_perm, seed=1)
     for i in range(n):
         t1 = time.perf_counter()
         mh = next(gen)
