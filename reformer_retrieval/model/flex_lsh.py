@@ -9,7 +9,8 @@ The same math as `reformer_retrieval.model.chunked_attention` (see its conventio
 * padding keys are masked by ``mask_mod`` (a lookup of the sorted validity), the query's own key gets the
   finite ``MASK_SELF`` by ``score_mod`` (replaced, not added, as in the masked path), keys are the
   normalised queries (shared QK), scale 1;
-* rounds are combined with the per-round logsumexps (``return_lse``), as `combine_rounds` does.
+* rounds are combined with the per-round logsumexps (``return_aux=AuxRequest(lse=True)``; ``return_lse``
+  on torch without ``AuxRequest``), as `combine_rounds` does.
 
 Lengths are padded to a power of two (the padded chunks have no kv block, so they cost nothing but the
 sort) and the rows (documents x heads x rounds) ride in FlexAttention's batch dimension, marked dynamic, so a
@@ -116,10 +117,26 @@ def _run_kernel(q, k, v, score_mod, block_mask, return_lse: bool = False, compil
     if compiled:
         _rows_dynamic(q, k, v, *(t for t in block_mask.as_tuple() if isinstance(t, torch.Tensor)))
     fn = _compiled_flex() if compiled else flex_attention
-    res = fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=1.0, return_lse=return_lse)
-    if return_lse:
-        return res[0][:, 0], res[1][:, 0]
-    return res[:, 0]
+    if not return_lse:
+        return fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=1.0)[:, 0]
+    aux_request = _aux_request_type()
+    if aux_request is None:  # torch before AuxRequest: the logsumexp through ``return_lse``
+        out, lse = fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=1.0, return_lse=True)
+    else:  # ``return_lse`` is deprecated (a FutureWarning) where ``return_aux`` exists
+        out, aux = fn(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=1.0,
+                      return_aux=aux_request(lse=True))
+        lse = aux.lse
+    return out[:, 0], lse[:, 0]
+
+
+@functools.cache
+def _aux_request_type() -> type | None:
+    """FlexAttention's ``AuxRequest`` (how newer torch asks for the logsumexp), None on torch without it."""
+    try:
+        from torch.nn.attention.flex_attention import AuxRequest
+    except ImportError:
+        return None
+    return AuxRequest
 
 
 def flex_available(device: torch.device | str = "cpu") -> bool:
@@ -254,6 +271,18 @@ def _sink_finish(
     return f, lse, lone
 
 
+def _sink_columns(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The sink kernel's two extra columns on (..., d) rows: queries ``[q, 1, |q|]``, keys ``[k, bias, 0]``
+    (bias ``MASK_PAD`` where ``valid`` is False) and values ``[v, valid]``; the one place that layout is built
+    (`_flex_forward_sink` on sorted rows, `_kernel_layout` on unsorted rows it then gathers)."""
+    qn = q.float().norm(dim=-1, keepdim=True).to(q.dtype)
+    bias = torch.zeros_like(qn).masked_fill_(~valid.unsqueeze(-1), MASK_PAD)
+    return (torch.cat([q, torch.ones_like(qn), qn], dim=-1), torch.cat([k, bias, torch.zeros_like(qn)], dim=-1),
+            torch.cat([v, valid.unsqueeze(-1).to(v.dtype)], dim=-1))
+
+
 def _flex_forward_sink(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor, valid_sorted: torch.Tensor, chunk: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -273,14 +302,11 @@ def _flex_forward_sink(
     valid_sorted (rows, Lp). Returns ((rows, Lp, d), (rows, Lp) float32; -inf where a query sees no key).
     """
     rows, _, d = q.shape
-    qn_col = q.float().norm(dim=-1, keepdim=True).to(q.dtype)
-    qq = torch.cat([q, torch.ones_like(qn_col), qn_col], dim=-1)
-    bias = torch.zeros_like(qn_col).masked_fill_(~valid_sorted.unsqueeze(-1), MASK_PAD)
-    kk = torch.cat([torch.cat([k, bias, torch.zeros_like(bias)], dim=-1), _sink_key_block(rows, chunk, d, k)], dim=1)
-    ones = valid_sorted.to(v.dtype).unsqueeze(-1)
-    vv = torch.cat([torch.cat([v, ones], dim=-1), v.new_zeros(rows, chunk, d + 1)], dim=1)
+    qq, kk, vv = _sink_columns(q, k, v, valid_sorted)
+    kk = torch.cat([kk, _sink_key_block(rows, chunk, d, k)], dim=1)
+    vv = torch.cat([vv, v.new_zeros(rows, chunk, d + 1)], dim=1)
     out = _sink_attention(qq, kk, vv, slots, chunk)
-    f, lse, lone = _sink_finish(out, qn_col[..., 0].float(), slots, valid_sorted, chunk)
+    f, lse, lone = _sink_finish(out, qq[..., d + 1].float(), slots, valid_sorted, chunk)
     res = out[..., :d] / f.clamp(min=torch.finfo(torch.float32).tiny).unsqueeze(-1).to(out.dtype)
     res = torch.where(lone.unsqueeze(-1), v, res)
     return res, lse
@@ -377,7 +403,7 @@ def _kernel_layout(
     R times fewer rows)."""
     N, L, d = qk.shape
     rows = p.shape[0]
-    masked, sink = N * L, N * L + 1  # the two extra source rows
+    sink, masked = N * L, N * L + 1  # the two extra source rows: `_sink_key_block`'s sink key and masked key
     src = (torch.arange(N, device=qk.device).repeat_interleave(R) * L).unsqueeze(1) + p  # (rows, L)
     index = torch.cat(
         [src, src.new_full((rows, length - L), masked), src.new_full((rows, 1), sink),
@@ -385,18 +411,11 @@ def _kernel_layout(
     )
     flat_kv = index.reshape(-1)
     flat_q = index[:, :length].reshape(-1)
-    qn = qk.float().norm(dim=-1, keepdim=True).to(qk.dtype)
-    ones = torch.ones_like(qn)
-    bias = torch.zeros_like(qn).masked_fill_(~key_valid.unsqueeze(-1), MASK_PAD)
-    extra_q = qk.new_zeros(2, d + 2)
-    q_src = torch.cat([torch.cat([qk, ones, qn], dim=-1).reshape(N * L, d + 2), extra_q])
     kn = torch.nn.functional.normalize(qk, dim=-1, eps=1e-6)
-    extra_k = qk.new_zeros(2, d + 2)
-    extra_k[0, d] = MASK_PAD
-    extra_k[1, d + 1] = 1.0
-    k_src = torch.cat([torch.cat([kn, bias, torch.zeros_like(qn)], dim=-1).reshape(N * L, d + 2), extra_k])
-    v_src = torch.cat([torch.cat([v, key_valid.unsqueeze(-1).to(v.dtype)], dim=-1).reshape(N * L, d + 1),
-                       v.new_zeros(2, d + 1)])
+    q_ext, k_ext, v_ext = _sink_columns(qk, kn, v, key_valid)
+    q_src = torch.cat([q_ext.reshape(N * L, d + 2), qk.new_zeros(2, d + 2)])
+    k_src = torch.cat([k_ext.reshape(N * L, d + 2), _sink_key_block(1, 2, d, qk)[0]])
+    v_src = torch.cat([v_ext.reshape(N * L, d + 1), v.new_zeros(2, d + 1)])
     valid_src = torch.cat([key_valid.reshape(-1), key_valid.new_zeros(2)])
     qq = q_src.index_select(0, flat_q).view(rows, length, d + 2)
     kk = k_src.index_select(0, flat_kv).view(rows, length + chunk, d + 2)

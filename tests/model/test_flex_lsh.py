@@ -101,8 +101,10 @@ def test_flex_inference_path_equals_the_reference(lsh_reference):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # eager FlexAttention warns that it is meant to be compiled
+@pytest.mark.filterwarnings("error::FutureWarning")  # the logsumexp through return_aux, not the deprecated return_lse
 def test_cuda_formulation_run_eagerly_equals_the_reference(lsh_reference):
-    """FlexAttention's own logsumexp (the CUDA path), evaluated eagerly on CPU: the mask alone is exact."""
+    """FlexAttention's own logsumexp (the CUDA path), evaluated eagerly on CPU: the mask alone is exact, and
+    asked for through ``return_aux`` where torch has it (``return_lse`` is deprecated there)."""
     qk, v, buckets, valid = _inputs(2)
     ref, _ = lsh_reference(qk, v, buckets, valid, CHUNK)
     with torch.no_grad():
