@@ -13,6 +13,7 @@ uses a prefix of the columns.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -110,6 +111,18 @@ def max_bucket_width(max_chunks: int, fixed: int | tuple[int, ...] | None = None
         n *= 2
     widths.append(_bucket_width(bucket_factors(max(1, max_chunks), fixed, factorise_above)))
     return max(widths)
+
+
+@functools.lru_cache(maxsize=256)
+def _hash_bounds(
+    max_chunks: int, fixed: int | tuple[int, ...] | None, factorise_above: int
+) -> tuple[int, bool]:
+    """The static bounds `hash_buckets` takes for a batch padded to ``max_chunks`` chunks: the rotation width
+    (`max_bucket_width`) and whether any document's count is split into two factors. They depend only on the
+    config and the padded length, so they are computed once per (padded length, config), not per call."""
+    width = max_bucket_width(max_chunks, fixed, factorise_above)
+    split = any(len(bucket_factors(n, fixed, factorise_above)) > 1 for n in (max_chunks, 1))
+    return width, split
 
 
 def rotation_width(config: ReformerConfig) -> int:
@@ -306,11 +319,7 @@ class LSHSelfAttention(nn.Module):
         self.hash_calls += 1
         # per-document counts stay on the device (no host sync); the static bounds come from the padded length
         factors = bucket_factor_tensor(self._n_real_chunks(info), self.num_buckets, self.factorise_above)
-        max_chunks = -(-info.length // self.chunk)
-        width = max_bucket_width(max_chunks, self.num_buckets, self.factorise_above)
-        split = any(
-            len(bucket_factors(n, self.num_buckets, self.factorise_above)) > 1 for n in (max_chunks, 1)
-        )
+        width, split = _hash_bounds(-(-info.length // self.chunk), self.num_buckets, self.factorise_above)
         # every bucket decision in float32, whatever autocast or the model's dtype: a vector must not depend on
         # the device or precision that computed it (a bf16 rotation flips near-tie buckets)
         with torch.autocast(device_type=qk.device.type, enabled=False):
