@@ -85,7 +85,9 @@ class WindowIdentityConfig:
         checkpoint_seconds: Save a checkpoint at least this often.
         seed: Seed of everything random in the run.
         device: ``"cpu"``, ``"cuda"`` / ``"cuda:N"`` or ``"auto"``.
-        bf16: Run the forward pass under bfloat16 autocast (CPU and CUDA); pooling and losses stay float32.
+        bf16: Run the forward pass under bfloat16 autocast, on the CPU as on CUDA (pooling and losses stay
+            float32). Worth it on CPUs with bfloat16 matrix units (AMX): a step of the default model's shape ran
+            1.15x faster on this project's CPUs; elsewhere bf16 is emulated and slower, hence off by default.
     """
 
     corpus: str
@@ -112,7 +114,7 @@ class WindowIdentityConfig:
     checkpoint_seconds: float = 600.0
     seed: int = 0
     device: str = "cpu"
-    bf16: bool = True
+    bf16: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_crops % self.crops_per_doc:

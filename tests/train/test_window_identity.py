@@ -111,6 +111,25 @@ def test_training_raises_holdout_accuracy_and_resumes_exactly(tmp_path: Path, on
         torch.testing.assert_close(a, b, msg=name)
 
 
+def test_bf16_runs_the_cpu_forward_under_autocast(one_thread) -> None:
+    torch.manual_seed(0)
+    model = ReformerEncoder(TINY.replace(context_window=64)).eval()
+    data = [t.encode() for t in _texts(6, np.random.default_rng(0))]
+    plain = _config("unused")
+    pairs = sample_crops(data, np.arange(6), plain, np.random.default_rng(0))
+    batch = make_batch(pairs, ByteTokenizer(), plain, np.random.default_rng(1))
+    seen: list[torch.dtype] = []
+    hook = model.projection.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+    with torch.no_grad():
+        exact, _ = window_identity_loss(model, batch, plain)
+        assert set(seen) == {torch.float32}
+        seen.clear()
+        mixed, _ = window_identity_loss(model, batch, WindowIdentityConfig(**{**plain.__dict__, "bf16": True}))
+    assert torch.bfloat16 in seen  # the forward ran under autocast (the pooling and losses in float32 after it)
+    hook.remove()
+    assert mixed.item() != exact.item() and abs(mixed.item() - exact.item()) < 0.05 * exact.item()
+
+
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="multiple of crops_per_doc"):
         _config("c", batch_crops=5)
