@@ -38,7 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 
+from reformer_retrieval.atomic import atomic_path
 from reformer_retrieval.checkpoint import load_model, load_tokenizer
 from reformer_retrieval.encode import resolve_device
 from reformer_retrieval.model.encoder import ReformerEncoder
@@ -57,6 +59,9 @@ __all__ = [
     "training_autocast",
     "window_identity_loss",
 ]
+
+QUEUE_FILE = "window_queue.safetensors"
+"""The memory queue's vectors, saved beside each checkpoint."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,10 @@ class WindowIdentityConfig:
         lr, warmup, min_lr_ratio, weight_decay, grad_clip: AdamW with linear warm-up and cosine decay.
         temperature: InfoNCE temperature.
         doc_weight: Weight of the crop-level InfoNCE (the window level weighs 1).
+        queue_windows: Second-view window vectors of earlier steps kept as extra negatives of the window level
+            (a memory queue, detached; 0: the batch's windows only). A batch holds about 50 windows, too few to
+            force the resolution that telling thousands of windows of one style apart needs. The queue is saved
+            with every checkpoint, so a resumed run is the run that was not stopped.
         holdout_docs: Documents (of a seeded order) kept out of training; the holdout loss and window accuracy
             are measured on fixed batches of them at every checkpoint.
         checkpoint_seconds: Save a checkpoint at least this often.
@@ -110,6 +119,7 @@ class WindowIdentityConfig:
     grad_clip: float = 1.0
     temperature: float = 0.05
     doc_weight: float = 1.0
+    queue_windows: int = 0
     holdout_docs: int = 48
     checkpoint_seconds: float = 600.0
     seed: int = 0
@@ -207,10 +217,13 @@ def training_autocast(device: torch.device, bf16: bool) -> contextlib.AbstractCo
 
 
 def window_identity_loss(
-    model: ReformerEncoder, batch: ViewBatch, config: WindowIdentityConfig
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The window-level InfoNCE plus ``doc_weight`` x the crop-level one, and ``{"window", "doc", "accuracy"}``
-    (accuracy: share of first-view windows whose nearest second-view window is their own)."""
+    model: ReformerEncoder, batch: ViewBatch, config: WindowIdentityConfig, queue: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """The window-level InfoNCE plus ``doc_weight`` x the crop-level one, ``{"window", "doc", "accuracy"}``
+    (accuracy: share of first-view windows whose nearest second-view window of the batch is their own), and the
+    batch's second-view window vectors (detached, for the queue).
+
+    ``queue``: (Q, dim) window vectors of earlier steps, extra negatives of the first view's windows."""
     device = next(model.parameters()).device
     ids, mask, windows = (t.to(device) for t in (batch.ids, batch.mask, batch.windows))
     with training_autocast(device, config.bf16):
@@ -220,13 +233,19 @@ def window_identity_loss(
     first, second = vectors[0::2, :n], vectors[1::2, :n]
     both = present[0::2, :n] & present[1::2, :n]
     a, b = first[both], second[both]
-    window = info_nce(a, b, config.temperature)
+    if queue is None or not len(queue):
+        window = info_nce(a, b, config.temperature)
+    else:
+        target = torch.arange(len(a), device=device)
+        logits = a @ torch.cat([b, queue.to(device)]).T / config.temperature
+        window = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(b @ a.T / config.temperature, target))
     doc_a = F.normalize((first * both.unsqueeze(-1)).sum(1), dim=-1)
     doc_b = F.normalize((second * both.unsqueeze(-1)).sum(1), dim=-1)
     doc = info_nce(doc_a, doc_b, config.temperature)
     with torch.no_grad():
         accuracy = ((a @ b.T).argmax(1) == torch.arange(len(a), device=device)).float().mean().item()
-    return window + config.doc_weight * doc, {"window": window.item(), "doc": doc.item(), "accuracy": accuracy}
+    parts = {"window": window.item(), "doc": doc.item(), "accuracy": accuracy}
+    return window + config.doc_weight * doc, parts, b.detach()
 
 
 def _load_training_texts(config: WindowIdentityConfig, tokenizer: Any) -> tuple[list[bytes], np.ndarray, np.ndarray]:
@@ -275,12 +294,15 @@ def train_window_identity(
         [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=config.lr
     )
     step, history = 0, []
+    queue = torch.zeros(0, model.config.context_dim, device=device)
     found = latest_checkpoint(out) if resume else None
     if found is not None:
         step, directory = found
         model.load_state_dict(load_model(directory).state_dict())
         load_optimizer_state(optimizer, directory)
         history = json.loads((directory / "trainer_state.json").read_text())["history"]
+        if (directory / QUEUE_FILE).is_file():
+            queue = load_file(str(directory / QUEUE_FILE))["queue"].to(device)
         log(f"resumed at step {step} from {directory}")
 
     def holdout_scores() -> dict[str, float]:
@@ -295,7 +317,10 @@ def train_window_identity(
         return {k: round(float(np.mean([p[k] for p in parts])), 4) for k in parts[0]}
 
     def save() -> None:
-        save_checkpoint(out, step, model, tokenizer, optimizer, {"history": history, "config": asdict(config)})
+        directory = save_checkpoint(out, step, model, tokenizer, optimizer,
+                                    {"history": history, "config": asdict(config)})
+        with atomic_path(directory / QUEUE_FILE) as path:
+            save_file({"queue": queue.detach().to("cpu").contiguous()}, str(path))
 
     if step == 0:
         history.append({"step": 0, "holdout": holdout_scores(), "seconds": 0.0})
@@ -308,12 +333,14 @@ def train_window_identity(
         batch = make_batch(sample_crops(data, train_docs, config, rng), tokenizer, config, rng)
         for group in optimizer.param_groups:
             group["lr"] = warmup_cosine_lr(step, config.steps, config.lr, config.warmup, config.min_lr_ratio)
-        loss, parts = window_identity_loss(model, batch, config)
+        loss, parts, seen = window_identity_loss(model, batch, config, queue if config.queue_windows else None)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if config.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
+        if config.queue_windows:
+            queue = torch.cat([seen, queue])[: config.queue_windows]
         step += 1
         if step % 10 == 0:
             log(f"step {step} loss {loss.item():.4f} {parts} {time.monotonic() - started:.0f} s")

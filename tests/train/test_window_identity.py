@@ -77,16 +77,20 @@ def test_the_loss_pairs_each_window_with_its_own_view(one_thread) -> None:
     assert batch.ids.shape[0] == 2 * len(pairs)
     assert batch.windows.max().item() == config.windows - 1
     with torch.no_grad():
-        loss, parts = window_identity_loss(model, batch, config)
+        loss, parts, seen = window_identity_loss(model, batch, config)
         # identical views: every window finds itself; views paired with another crop's: most do not
         rolled = ViewBatch(*(torch.cat([t[0::2], t[1::2].roll(1, 0)], 1).view(-1, t.shape[1]) for t in
                              (batch.ids, batch.mask, batch.windows)))
-        wrong, wrong_parts = window_identity_loss(model, rolled, config)
+        wrong, wrong_parts, _ = window_identity_loss(model, rolled, config)
+        queue = torch.nn.functional.normalize(torch.randn(32, seen.shape[1]), dim=-1)
+        queued, _, _ = window_identity_loss(model, batch, config, queue=queue)
     assert parts["accuracy"] == 1.0 and wrong_parts["accuracy"] < 0.5
     assert loss.item() < wrong.item()
+    assert seen.shape == (len(pairs) * config.windows, model.config.context_dim) and not seen.requires_grad
+    assert queued.item() > loss.item()  # the queue's vectors enter as extra negatives
 
 
-def test_training_raises_holdout_accuracy_and_resumes_exactly(tmp_path: Path, one_thread) -> None:
+def test_training_raises_holdout_accuracy(tmp_path: Path, one_thread) -> None:
     corpus = _corpus(tmp_path)
     torch.manual_seed(0)
     ReformerEncoder(TINY).save_pretrained(tmp_path / "init", tokenizer=ByteTokenizer())
@@ -101,14 +105,26 @@ def test_training_raises_holdout_accuracy_and_resumes_exactly(tmp_path: Path, on
     torch.testing.assert_close(initial.ngrams.log_weight, model.ngrams.log_weight)
     with pytest.raises(FileExistsError, match="--resume"):
         train_window_identity(config, tmp_path / "run", log=lambda _: None)
-    # 40 steps straight == 25 steps, killed, then resumed to 40
-    train_window_identity(config, tmp_path / "split", log=lambda _: None, stop_after=25)
-    assert json.loads((tmp_path / "split" / "model" / "training.json").read_text())["steps_done"] == 25
+
+
+def test_a_stopped_run_resumes_exactly_with_its_queue(tmp_path: Path, one_thread) -> None:
+    corpus = _corpus(tmp_path)
+    torch.manual_seed(0)
+    ReformerEncoder(TINY).save_pretrained(tmp_path / "init", tokenizer=ByteTokenizer())
+    config = _config(corpus, init_from=str(tmp_path / "init"), steps=12, queue_windows=30)
+    straight = load_model(train_window_identity(config, tmp_path / "straight", log=lambda _: None))
+    train_window_identity(config, tmp_path / "split", log=lambda _: None, stop_after=7)
+    assert json.loads((tmp_path / "split" / "model" / "training.json").read_text())["steps_done"] == 7
     logs: list[str] = []
-    resumed = train_window_identity(config, tmp_path / "split", resume=True, log=logs.append)
-    assert any("resumed at step 25" in line for line in logs)
-    for (name, a), (_, b) in zip(model.state_dict().items(), load_model(resumed).state_dict().items()):
-        torch.testing.assert_close(a, b, msg=name)
+    resumed = load_model(train_window_identity(config, tmp_path / "split", resume=True, log=logs.append))
+    assert any("resumed at step 7" in line for line in logs)
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        torch.testing.assert_close(a, b, msg=name, rtol=0, atol=0)
+    # the queue is part of the state: resumed without it, the run differs
+    train_window_identity(config, tmp_path / "lost", log=lambda _: None, stop_after=7)
+    (next((tmp_path / "lost" / "checkpoints").glob("step-*")) / "window_queue.safetensors").unlink()
+    lost = load_model(train_window_identity(config, tmp_path / "lost", resume=True, log=lambda _: None))
+    assert not torch.equal(lost.projection.weight, straight.projection.weight)
 
 
 def test_bf16_runs_the_cpu_forward_under_autocast(one_thread) -> None:
@@ -121,10 +137,10 @@ def test_bf16_runs_the_cpu_forward_under_autocast(one_thread) -> None:
     seen: list[torch.dtype] = []
     hook = model.projection.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
     with torch.no_grad():
-        exact, _ = window_identity_loss(model, batch, plain)
+        exact, _, _ = window_identity_loss(model, batch, plain)
         assert set(seen) == {torch.float32}
         seen.clear()
-        mixed, _ = window_identity_loss(model, batch, WindowIdentityConfig(**{**plain.__dict__, "bf16": True}))
+        mixed, _, _ = window_identity_loss(model, batch, WindowIdentityConfig(**{**plain.__dict__, "bf16": True}))
     assert torch.bfloat16 in seen  # the forward ran under autocast (the pooling and losses in float32 after it)
     hook.remove()
     assert mixed.item() != exact.item() and abs(mixed.item() - exact.item()) < 0.05 * exact.item()
