@@ -33,6 +33,7 @@ implementations with fewer, larger ops. Rows also carry ``cpu_seconds`` and the 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
@@ -232,7 +233,14 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
     model.train(training)
     params = [p for p in model.parameters() if p.requires_grad]
 
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if spec.get("autocast")
+                else contextlib.nullcontext())
+
     def forward() -> Any:
+        with autocast:
+            return _call()
+
+    def _call() -> Any:
         if spec["impl"] in OURS_KERNELS:
             return model(ids, mask)
         if spec["impl"] == "hf":
@@ -297,6 +305,7 @@ def _spec(args: argparse.Namespace, impl: str, mode: str, length: int, **over: A
         "seed": args.seed,
         "threads": args.threads,
         "batch": args.batch,
+        "autocast": args.autocast,
         "series": "main",
     }
     if args.attention_layers:
@@ -549,6 +558,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-lengths", type=_ints, default=None, help="training lengths (default: --lengths)")
     p.add_argument("--device", default=None, help="cpu or cuda (default cpu; cuda with --quick-gpu)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="fp32 (default) or bf16 / fp16")
+    p.add_argument("--autocast", action="store_true",
+                   help="run each call under bfloat16 autocast (weights in --dtype fp32): mixed-precision training "
+                        "as the trainers run it, on CPUs with bf16 matrix units (AMX) as on CUDA")
     p.add_argument("--d-model", type=int, default=256)
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--heads", type=int, default=4)
@@ -655,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
         f"chunk {args.chunk}, {args.hashes} hashes, "
         + (f"layers {','.join(args.attention_layers)} (the default model's shape)" if args.attention_layers
            else "all layers LSH (Reformers)")
-        + f", device {args.device}, {args.dtype}. "
+        + f", device {args.device}, {args.dtype}{' weights under bf16 autocast' if args.autocast else ''}. "
         f"Best of up to {args.repeats} timed calls after a warm-up (a warm-up longer than {args.budget / 2:.0f} s "
         f"is the measurement), best of {args.runs} process(es). Peak memory: "
         + (

@@ -306,3 +306,21 @@ def test_default_shape_builds_the_bundled_models_layout():
     assert model.config.layer_kinds == tuple(config["attention_layers"])
     with pytest.raises(SystemExit):
         es.parse_args(["--default-shape", "--impls", "hf"])
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_autocast_puts_every_call_under_bf16_autocast(monkeypatch, autocast):
+    import torch
+
+    seen: list[bool] = []
+    real = es._build_ours
+
+    def build(spec, length):
+        model = real(spec, length)
+        model.register_forward_pre_hook(lambda _m, _a: seen.append(torch.is_autocast_enabled("cpu")))
+        return model
+
+    monkeypatch.setattr(es, "_build_ours", build)
+    row = es.measure({**TINY, "impl": "ours", "mode": "train", "length": 128, "autocast": autocast})
+    assert row["status"] == "ok" and len(seen) >= 2 and set(seen) == {autocast}
+    assert es.parse_args(["--autocast"]).autocast and not es.parse_args([]).autocast
