@@ -77,6 +77,12 @@ class WindowIdentityConfig:
         crops_per_doc: Crops drawn from each sampled document (hard negatives of each other).
         batch_crops: Crops per step (a multiple of ``crops_per_doc``).
         max_shift: The second view starts up to this many bytes before or after the first.
+        second_view: ``"shift"``: the second view is the first shifted by up to ``max_shift`` (window identity);
+            ``"elsewhere"``: an independent crop of the same document (independent cropping, as Contriever
+            trains retrievers without labels: what two parts of one document share is its subject, names and
+            terms, not its text). With ``"elsewhere"`` the crops of one document are each other's positives at
+            the crop level, and ``window_weight`` should be 0 (the windows of the two views are different text).
+        window_weight: Weight of the window-level InfoNCE.
         noise_prob, noise_prob_first: Probability that a window of the second / first view is noised.
         noise_preset, noise_strength: `augment` preset and the largest strength (each window draws one in
             [0.1, max]).
@@ -106,6 +112,8 @@ class WindowIdentityConfig:
     crops_per_doc: int = 3
     batch_crops: int = 12
     max_shift: int = 256
+    second_view: str = "shift"
+    window_weight: float = 1.0
     noise_prob: float = 0.7
     noise_prob_first: float = 0.3
     noise_preset: str = "ocr"
@@ -131,6 +139,8 @@ class WindowIdentityConfig:
             raise ValueError(f"batch_crops={self.batch_crops} must be a multiple of crops_per_doc={self.crops_per_doc}")
         if not 0 <= self.max_shift < self.width:
             raise ValueError(f"max_shift={self.max_shift} must be in [0, width={self.width})")
+        if self.second_view not in ("shift", "elsewhere"):
+            raise ValueError(f"second_view must be 'shift' or 'elsewhere', got {self.second_view!r}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
 
@@ -168,13 +178,18 @@ def sample_crops(
 ) -> list[tuple[bytes, bytes]]:
     """``batch_crops`` pairs ``(first view, second view)`` of raw bytes: ``crops_per_doc`` crops of each of
     ``batch_crops / crops_per_doc`` documents drawn from ``docs`` (indices into ``data``, each at least
-    ``config.span`` bytes long); the second view is the first shifted by up to ``max_shift`` bytes."""
+    ``config.span`` bytes long); the second view is the first shifted by up to ``max_shift`` bytes, or (``second_view
+    = "elsewhere"``) a crop starting anywhere in the same document."""
     size = config.windows * config.width
     pairs: list[tuple[bytes, bytes]] = []
     for doc in rng.choice(docs, size=config.batch_crops // config.crops_per_doc, replace=len(docs) < 2 * config.batch_crops):
         text = data[int(doc)]
         for _ in range(config.crops_per_doc):
             start = int(rng.integers(config.max_shift, len(text) - size - config.max_shift + 1))
+            if config.second_view == "elsewhere":
+                other = int(rng.integers(0, len(text) - size + 1))
+                pairs.append((text[start : start + size], text[other : other + size]))
+                continue
             shift = int(rng.integers(-config.max_shift, config.max_shift + 1))
             pairs.append((text[start : start + size], text[start + shift : start + shift + size]))
     return pairs
@@ -219,9 +234,10 @@ def training_autocast(device: torch.device, bf16: bool) -> contextlib.AbstractCo
 def window_identity_loss(
     model: ReformerEncoder, batch: ViewBatch, config: WindowIdentityConfig, queue: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-    """The window-level InfoNCE plus ``doc_weight`` x the crop-level one, ``{"window", "doc", "accuracy"}``
-    (accuracy: share of first-view windows whose nearest second-view window of the batch is their own), and the
-    batch's second-view window vectors (detached, for the queue).
+    """``window_weight`` x the window-level InfoNCE plus ``doc_weight`` x the crop-level one, ``{"window", "doc",
+    "accuracy", "doc_accuracy"}`` (accuracy: share of first-view windows whose nearest second-view window of the
+    batch is their own; doc_accuracy: share of crops whose nearest second-view crop comes from their document),
+    and the batch's second-view window vectors (detached, for the queue).
 
     ``queue``: (Q, dim) window vectors of earlier steps, extra negatives of the first view's windows."""
     device = next(model.parameters()).device
@@ -233,7 +249,9 @@ def window_identity_loss(
     first, second = vectors[0::2, :n], vectors[1::2, :n]
     both = present[0::2, :n] & present[1::2, :n]
     a, b = first[both], second[both]
-    if queue is None or not len(queue):
+    if not config.window_weight:
+        window = a.new_zeros(())
+    elif queue is None or not len(queue):
         window = info_nce(a, b, config.temperature)
     else:
         target = torch.arange(len(a), device=device)
@@ -241,11 +259,16 @@ def window_identity_loss(
         window = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(b @ a.T / config.temperature, target))
     doc_a = F.normalize((first * both.unsqueeze(-1)).sum(1), dim=-1)
     doc_b = F.normalize((second * both.unsqueeze(-1)).sum(1), dim=-1)
-    doc = info_nce(doc_a, doc_b, config.temperature)
+    crops = torch.arange(len(doc_a), device=device)
+    # crops of one document: negatives of each other for "shift" (hard ones), positives for "elsewhere"
+    labels = crops // config.crops_per_doc if config.second_view == "elsewhere" else None
+    doc = info_nce(doc_a, doc_b, config.temperature, labels=labels)
     with torch.no_grad():
         accuracy = ((a @ b.T).argmax(1) == torch.arange(len(a), device=device)).float().mean().item()
-    parts = {"window": window.item(), "doc": doc.item(), "accuracy": accuracy}
-    return window + config.doc_weight * doc, parts, b.detach()
+        owner = crops // config.crops_per_doc
+        doc_accuracy = (owner[(doc_a @ doc_b.T).argmax(1)] == owner).float().mean().item()
+    parts = {"window": window.item(), "doc": doc.item(), "accuracy": accuracy, "doc_accuracy": doc_accuracy}
+    return config.window_weight * window + config.doc_weight * doc, parts, b.detach()
 
 
 def _load_training_texts(config: WindowIdentityConfig, tokenizer: Any) -> tuple[list[bytes], np.ndarray, np.ndarray]:

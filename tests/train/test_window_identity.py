@@ -127,6 +127,36 @@ def test_a_stopped_run_resumes_exactly_with_its_queue(tmp_path: Path, one_thread
     assert not torch.equal(lost.projection.weight, straight.projection.weight)
 
 
+def test_elsewhere_views_are_other_crops_of_the_document_and_its_positives(one_thread) -> None:
+    data = [t.encode() for t in _texts(8, np.random.default_rng(0))]
+    config = _config("unused", second_view="elsewhere", window_weight=0.0, max_shift=0, noise_prob=0.0,
+                     noise_prob_first=0.0)
+    pairs = sample_crops(data, np.arange(8), config, np.random.default_rng(4))
+    for first, second in pairs:
+        docs = [d for d in range(8) if first in data[d]]
+        assert docs and second in data[docs[0]]
+    assert any(first != second for first, second in pairs)
+    torch.manual_seed(0)
+    model = ReformerEncoder(TINY.replace(context_window=64)).eval()
+    batch = make_batch(pairs, ByteTokenizer(), config, np.random.default_rng(5))
+    # swap the second views of the two crops of each document: for "elsewhere" both are positives of both
+    # first views, so the loss is the same; for "shift" each first view's positive is now another crop
+    order = torch.arange(len(pairs)).view(-1, 2).flip(1).reshape(-1)
+    swapped = ViewBatch(*(torch.stack([t[0::2], t[1::2][order]], 1).view(-1, t.shape[1]) for t in
+                          (batch.ids, batch.mask, batch.windows)))
+    shift = WindowIdentityConfig(**{**config.__dict__, "second_view": "shift"})
+    with torch.no_grad():
+        same, parts, _ = window_identity_loss(model, batch, config)
+        moved, _, _ = window_identity_loss(model, swapped, config)
+        plain, _, _ = window_identity_loss(model, batch, shift)
+        plain_moved, _, _ = window_identity_loss(model, swapped, shift)
+    torch.testing.assert_close(same, moved)
+    assert abs(plain.item() - plain_moved.item()) > 1e-3
+    assert parts["window"] == 0.0 and 0.0 <= parts["doc_accuracy"] <= 1.0
+    with pytest.raises(ValueError, match="second_view"):
+        _config("c", second_view="nearby")
+
+
 def test_bf16_runs_the_cpu_forward_under_autocast(one_thread) -> None:
     torch.manual_seed(0)
     model = ReformerEncoder(TINY.replace(context_window=64)).eval()
