@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, write_json
-from model_quality import DEFAULT_DATA, load_labelled
+from model_quality import DEFAULT_DATA, load_labelled, noisy_copy
 
 __all__ = ["choose_weight", "main"]
 
@@ -81,7 +81,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from reformer_retrieval.checkpoint import load_model, load_tokenizer, read_training
     from reformer_retrieval.encode import DEFAULT_MODEL_DIR, Encoder
-    from reformer_retrieval.train import augment
 
     directory = DEFAULT_MODEL_DIR if args.model is None else args.model
     model, tokenizer = load_model(directory), load_tokenizer(directory)
@@ -95,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no labelled data at {path} (pass --data)", file=sys.stderr)
             return 2
         data = load_labelled(path, args.max_clusters, 0, 0)
-        noisy = [augment(t, args.noise_strength, seed=(0, int(r)), preset=args.noise_preset)
-                 for t, r in zip(data["texts"], data["rows"])]
+        noisy = noisy_copy(data["texts"], data["rows"], args.noise_strength, 0, args.noise_preset)
         for condition, texts in (("clean", data["texts"]), ("noisy", noisy)):
             vc, vl = (encoders[ch].encode(texts) for ch in ("contextual", "lexical"))
             sims[f"{path.stem} {condition}"] = (vc @ vc.T, vl @ vl.T, data["clusters"])

@@ -39,7 +39,7 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fmt_ratio, markdown_table, write_json
-from model_quality import cluster_subset
+from model_quality import channel_views, cluster_subset, noisy_copy
 from vector_cache import DEFAULT_CACHE_ROOT
 
 ALL_METHODS = ("datasketch", "minhash", "embedding", "hybrid", "minilm")
@@ -76,9 +76,7 @@ def load(path: str, id_column: str, text_column: str, label_column: str, noise: 
         rows = rows[:limit]
     ids, texts, labels = [ids[r] for r in rows], [texts[r] for r in rows], [labels[r] for r in rows]
     if noise:
-        from reformer_retrieval.train.augment import augment
-
-        texts = [augment(t, strength=strength, seed=(seed, r), preset=noise) for r, t in zip(rows, texts)]
+        texts = noisy_copy(texts, rows, strength, seed, noise)
     return ids, texts, labels
 
 
@@ -157,14 +155,14 @@ def sweep_ours(method: str, ids: list[Any], texts: list[str], labels: list[Any],
 def encode(ids: list[Any], texts: list[str], model: str | None, device: str, embeddings: str | None,
            cache: str | Path | None = None) -> tuple:
     """Vectors of the texts (from --embeddings when given, else encoded now), the encode time, the model id
-    and the model's channels (``{name: columns}``; empty when the embeddings are of another model). With
+    and the model's channels (``model.channels()``: ``{name: (columns, share)}``; empty when the embeddings are of another model). With
     ``cache`` (a folder), vectors are looked up by text hash and new ones kept (`vector_cache.encoder_cache`);
     the time is then the cache's record of chars/s turned into seconds for these texts."""
     from reformer_retrieval.corpus import read_embeddings
     from reformer_retrieval.encode import Encoder
 
     enc = Encoder.load(model, device=device)
-    channels = {name: columns for name, (columns, _) in enc.model.channels().items()}
+    channels = enc.model.channels()
     if embeddings:
         table = read_embeddings(embeddings)
         pos = {d: i for i, d in enumerate(table.ids)}
@@ -180,12 +178,6 @@ def encode(ids: list[Any], texts: list[str], model: str | None, device: str, emb
     if info["chars_per_s_from_cache"]:
         print(f"model vectors from the cache {store.npy}; encode time from its chars/s record", file=sys.stderr)
     return vectors, seconds, enc.model_id, channels
-
-
-def channel_vectors(vectors: np.ndarray, columns: slice) -> np.ndarray:
-    """The columns of one channel, each row re-normalised to unit length (zero rows stay zero)."""
-    sub = np.ascontiguousarray(vectors[:, columns], dtype=np.float32)
-    return sub / np.maximum(np.linalg.norm(sub, axis=1, keepdims=True), 1e-12)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -272,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     vectors = None
     encode_s = 0.0
     model_id = None
-    channels: dict[str, slice] = {}
+    channels: dict[str, tuple[slice, float]] = {}
     if {"embedding", "hybrid"} & set(methods):
         vectors, encode_s, model_id, channels = encode(ids, texts, args.model, args.device, args.embeddings,
                                                        None if args.no_vector_cache else args.vector_cache)
@@ -289,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
             results[method]["chars_per_s"] = model_speed
     channel_methods: list[str] = []
     if "embedding" in methods and args.channel_rows and len(channels) > 1:
-        for part, columns in channels.items():
+        for part, sub in channel_views(np.asarray(vectors, dtype=np.float32), channels):
             key = f"embedding:{part}"
-            sweeps[key], results[key] = sweep_ours("embedding", ids, texts, labels, channel_vectors(vectors, columns),
+            sweeps[key], results[key] = sweep_ours("embedding", ids, texts, labels, sub,
                                                    cgrid, mt, args.index, args.shingle, args.ngram)
             results[key].update(encode_s=encode_s, chars_per_s_at_least=model_speed)
             channel_methods.append(key)

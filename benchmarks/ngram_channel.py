@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, write_json
-from model_quality import DEFAULT_DATA, load_labelled, minhash_similarity
+from model_quality import DEFAULT_DATA, load_labelled, minhash_similarity, noisy_copy
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = REPO / ".." / "shared" / "data" / "corpus"
@@ -162,12 +162,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no {what} at {path}", file=sys.stderr)
             return 2
     from reformer_retrieval.tokenizer import ByteTokenizer
-    from reformer_retrieval.train import augment, pair_metrics
+    from reformer_retrieval.train import pair_metrics
 
     tokenizer = ByteTokenizer(normalization="NFKC", lowercase=True, collapse_whitespace=True)  # the default model's
     data = load_labelled(args.data, args.max_clusters, 0, 0)
     clean = data["texts"]
-    noisy = [augment(t, args.noise_strength, seed=(args.noise_seed, int(r)), preset="ocr") for t, r in zip(clean, data["rows"])]
+    noisy = noisy_copy(clean, data["rows"], args.noise_strength, args.noise_seed, "ocr")
     idf_ids = _idf_sample(args.corpus, args.idf_docs, args.idf_tokens, tokenizer, 0)
     sets = {"clean": clean, "noisy": noisy}
     ids = {k: [tokenizer.encode(t)[0] for t in v] for k, v in sets.items()}

@@ -27,6 +27,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, write_json
+from model_quality import noisy_copy
 
 
 def _sample_texts(corpus: str, n_bytes: int, seed: int) -> list[str]:
@@ -75,7 +76,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from reformer_retrieval import ByteTokenizer
     from reformer_retrieval.tokenizer_bpe import train_bpe
-    from reformer_retrieval.train.augment import augment
 
     settings = {"normalization": "NFKC", "lowercase": True, "collapse_whitespace": True}
     byte_tok = ByteTokenizer(**settings)
@@ -86,10 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     texts = pq.read_table(args.labelled, columns=[args.text_column]).column(args.text_column).to_pylist()
     texts = [t for t in texts if t]
     clean = [byte_tok.normalize(t) for t in texts]
-    noisy = [
-        byte_tok.normalize(augment(t, args.noise_strength, seed=(args.noise_seed, i), preset="ocr"))
-        for i, t in enumerate(texts)
-    ]
+    # seeded by each text's position among the non-empty texts (not its row in the file)
+    noisy = [byte_tok.normalize(t)
+             for t in noisy_copy(texts, range(len(texts)), args.noise_strength, args.noise_seed, "ocr")]
 
     def encode_bytes(batch: list[str]) -> list[list[int]]:
         return [list(t.encode("utf-8")) for t in batch]
