@@ -3,7 +3,7 @@
 A byte-level BPE vocabulary (Hugging Face ``tokenizers``, ``--vocab`` entries) is trained on a seeded sample of
 the training corpus, after the same normalisation as the default model's byte tokenizer (NFKC, lower case,
 collapsed whitespace). Both tokenizers then encode a labelled file twice, clean and as an OCR-noised copy
-(``augment(text, strength, seed=(noise_seed, row), preset="ocr")``, as in ``model_quality.py``), and the table
+(``augment(text, strength, seed=(noise_seed, i), preset="ocr")``, i the position among the non-empty texts), and the table
 gives tokens per document, bytes per token, and how many of a document's distinct token n-grams survive the
 noise (the share of the clean copy's n-gram set found in the noisy copy's), with n = 4 for BPE and, for
 bytes, the n that spans as many bytes as 4 BPE tokens do on average: a rough view of how much of what the
