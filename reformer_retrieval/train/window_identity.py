@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from reformer_retrieval.atomic import atomic_path
+from reformer_retrieval.atomic import atomic_path, atomic_write_text
 from reformer_retrieval.checkpoint import load_model, load_tokenizer
 from reformer_retrieval.encode import resolve_device
 from reformer_retrieval.model.encoder import ReformerEncoder
@@ -182,7 +182,8 @@ def sample_crops(
     = "elsewhere"``) a crop starting anywhere in the same document."""
     size = config.windows * config.width
     pairs: list[tuple[bytes, bytes]] = []
-    for doc in rng.choice(docs, size=config.batch_crops // config.crops_per_doc, replace=len(docs) < 2 * config.batch_crops):
+    n_docs = config.batch_crops // config.crops_per_doc
+    for doc in rng.choice(docs, size=n_docs, replace=len(docs) < 2 * config.batch_crops):
         text = data[int(doc)]
         for _ in range(config.crops_per_doc):
             start = int(rng.integers(config.max_shift, len(text) - size - config.max_shift + 1))
@@ -292,7 +293,6 @@ def train_window_identity(
 
     ``stop_after``: run at most this many steps in this invocation (then checkpoint and return, as when the time
     budget runs out); ``None``: until ``config.steps`` or ``config.max_minutes``."""
-    from reformer_retrieval.atomic import atomic_write_text
     from reformer_retrieval.encode import DEFAULT_MODEL_DIR
 
     out = Path(out)
