@@ -14,7 +14,17 @@ from reformer_retrieval.config import ReformerConfig
 from reformer_retrieval.train.augment import PRESETS, AugmentPolicy
 from reformer_retrieval.train.data import CurriculumPhase
 
-__all__ = ["BPE_FIELDS", "RUNTIME_FIELDS", "TrainConfig"]
+__all__ = ["BPE_FIELDS", "RUNTIME_FIELDS", "TrainConfig", "settings_from_json"]
+
+def settings_from_json(cls: Any, path: str | Path, what: str) -> Any:
+    """A settings dataclass ``cls`` from a JSON object (keys starting with ``_`` are comments); a key ``cls`` has
+    no field for raises ``ValueError`` naming the file and the ``what`` settings."""
+    data = {k: v for k, v in json.loads(Path(path).read_text()).items() if not k.startswith("_")}
+    unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+    if unknown:
+        raise ValueError(f"{path}: unknown {what} settings {sorted(unknown)}")
+    return cls(**data)
+
 
 BPE_FIELDS = frozenset({"kind", "vocab_size", "train_bytes"})
 """Keys of ``TrainConfig.tokenizer`` that choose and size the vocabulary (the rest are normalisation settings)."""

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -40,9 +39,11 @@ from reformer_retrieval.checkpoint import load_model, load_tokenizer
 from reformer_retrieval.encode import resolve_device
 from reformer_retrieval.model.encoder import ReformerEncoder
 from reformer_retrieval.train.augment import augment
+from reformer_retrieval.train.config import settings_from_json
+from reformer_retrieval.train.optim import adamw
 from reformer_retrieval.train.schedule import warmup_cosine_lr
 from reformer_retrieval.train.state import latest_checkpoint, load_optimizer_state, save_checkpoint
-from reformer_retrieval.train.teacher import read_teacher_cache, window_texts
+from reformer_retrieval.train.teacher import pad_window_rows, read_teacher_cache, window_texts
 
 __all__ = ["DistillConfig", "distil", "distillation_loss", "fit_projection", "student_from"]
 
@@ -113,11 +114,7 @@ class DistillConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> DistillConfig:
-        data = {k: v for k, v in json.loads(Path(path).read_text()).items() if not k.startswith("_")}
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown distillation settings {sorted(unknown)}")
-        return cls(**data)
+        return settings_from_json(cls, path, "distillation")
 
 
 def student_from(directory: str | Path | None, context_dim: int, context_window: int) -> ReformerEncoder:
@@ -218,18 +215,11 @@ def _batch(
             win.append(np.full(len(tokens), k, dtype=np.int64))
         seqs.append(np.concatenate(ids) if ids else np.zeros(0, np.int64))
         wins.append(np.concatenate(win) if win else np.zeros(0, np.int64))
-    length = max(1, max(len(s) for s in seqs))
+    ids, mask, windows = pad_window_rows(list(zip(seqs, wins)), tokenizer.pad_token_id)
     n_windows = max(len(teachers[r]) for r in rows)
-    ids = np.full((len(rows), length), tokenizer.pad_token_id, dtype=np.int64)
-    mask = np.zeros((len(rows), length), dtype=bool)
-    windows = np.zeros((len(rows), length), dtype=np.int64)
     targets = np.zeros((len(rows), n_windows, teachers[rows[0]].shape[1]), dtype=np.float32)
     present = np.zeros((len(rows), n_windows), dtype=bool)
-    for i, (seq, win, row) in enumerate(zip(seqs, wins, rows)):
-        ids[i, : len(seq)] = seq
-        mask[i, : len(seq)] = True
-        windows[i, : len(seq)] = win
-        windows[i, len(seq) :] = win[-1] if len(win) else 0
+    for i, row in enumerate(rows):
         targets[i, : len(teachers[row])] = teachers[row]
         present[i, : len(teachers[row])] = True
     return (torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(windows), torch.from_numpy(targets),
@@ -292,11 +282,7 @@ def distil(config: DistillConfig, out: str | Path, resume: bool = False, log: An
     device = resolve_device(config.device)
     model = student_from(config.init_from, config.context_dim, config.context_window).to(device)
     log(f"student on {device}{' (bf16 autocast)' if config.bf16 and device.type == 'cuda' else ''}")
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=config.lr
-    )
+    optimizer = adamw(model, config.lr, config.weight_decay)
     step, history = 0, []
     planned, fitted = config.steps, config.fit_steps_to_time <= 0
     found = latest_checkpoint(out) if resume else None

@@ -41,6 +41,7 @@ __all__ = [
     "build_teacher_cache",
     "main",
     "package_model_dir",
+    "pad_window_rows",
     "read_corpus_texts",
     "read_teacher_cache",
     "window_texts",
@@ -53,6 +54,23 @@ def window_texts(data: bytes, width: int) -> list[str]:
     """The text of each consecutive ``width``-byte window of ``data`` (a character split by a window edge is
     dropped from both sides, as the bytes cannot be decoded alone)."""
     return [data[i : i + width].decode("utf-8", errors="ignore") for i in range(0, len(data), width)]
+
+
+def pad_window_rows(
+    rows: Sequence[tuple[np.ndarray, np.ndarray]], pad_id: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rows of ``(token ids, window of each token)`` as padded ``(ids, mask, windows)`` arrays of one length (at
+    least 1): ``pad_id`` and False past each row's end, where a row's window index stays at its last window."""
+    length = max(1, max(len(ids) for ids, _ in rows))
+    ids = np.full((len(rows), length), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), length), dtype=bool)
+    windows = np.zeros((len(rows), length), dtype=np.int64)
+    for i, (seq, win) in enumerate(rows):
+        ids[i, : len(seq)] = seq
+        mask[i, : len(seq)] = True
+        windows[i, : len(seq)] = win
+        windows[i, len(seq) :] = win[-1] if len(win) else 0
+    return ids, mask, windows
 
 
 class MiniLMTeacher:

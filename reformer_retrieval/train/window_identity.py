@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -45,10 +44,12 @@ from reformer_retrieval.checkpoint import load_model, load_tokenizer
 from reformer_retrieval.encode import resolve_device
 from reformer_retrieval.model.encoder import ReformerEncoder
 from reformer_retrieval.train.augment import augment
+from reformer_retrieval.train.config import settings_from_json
 from reformer_retrieval.train.loss import info_nce
+from reformer_retrieval.train.optim import adamw
 from reformer_retrieval.train.schedule import warmup_cosine_lr
 from reformer_retrieval.train.state import latest_checkpoint, load_optimizer_state, save_checkpoint
-from reformer_retrieval.train.teacher import read_corpus_texts, window_texts
+from reformer_retrieval.train.teacher import pad_window_rows, read_corpus_texts, window_texts
 
 __all__ = [
     "ViewBatch",
@@ -151,11 +152,7 @@ class WindowIdentityConfig:
 
     @classmethod
     def from_json(cls, path: str | Path) -> WindowIdentityConfig:
-        data = {k: v for k, v in json.loads(Path(path).read_text()).items() if not k.startswith("_")}
-        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"{path}: unknown window-identity settings {sorted(unknown)}")
-        return cls(**data)
+        return settings_from_json(cls, path, "window-identity")
 
 
 @dataclass(frozen=True)
@@ -213,15 +210,7 @@ def make_batch(
                 ids.append(tokens)
                 wins.append(np.full(len(tokens), k, dtype=np.int64))
             rows.append((np.concatenate(ids), np.concatenate(wins)))
-    length = max(1, max(len(ids) for ids, _ in rows))
-    ids = np.full((len(rows), length), tokenizer.pad_token_id, dtype=np.int64)
-    mask = np.zeros((len(rows), length), dtype=bool)
-    windows = np.zeros((len(rows), length), dtype=np.int64)
-    for i, (seq, win) in enumerate(rows):
-        ids[i, : len(seq)] = seq
-        mask[i, : len(seq)] = True
-        windows[i, : len(seq)] = win
-        windows[i, len(seq) :] = win[-1] if len(win) else 0
+    ids, mask, windows = pad_window_rows(rows, tokenizer.pad_token_id)
     return ViewBatch(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(windows))
 
 
@@ -260,13 +249,11 @@ def window_identity_loss(
         window = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(b @ a.T / config.temperature, target))
     doc_a = F.normalize((first * both.unsqueeze(-1)).sum(1), dim=-1)
     doc_b = F.normalize((second * both.unsqueeze(-1)).sum(1), dim=-1)
-    crops = torch.arange(len(doc_a), device=device)
+    owner = torch.arange(len(doc_a), device=device) // config.crops_per_doc  # each crop's document in the batch
     # crops of one document: negatives of each other for "shift" (hard ones), positives for "elsewhere"
-    labels = crops // config.crops_per_doc if config.second_view == "elsewhere" else None
-    doc = info_nce(doc_a, doc_b, config.temperature, labels=labels)
+    doc = info_nce(doc_a, doc_b, config.temperature, labels=owner if config.second_view == "elsewhere" else None)
     with torch.no_grad():
         accuracy = ((a @ b.T).argmax(1) == torch.arange(len(a), device=device)).float().mean().item()
-        owner = crops // config.crops_per_doc
         doc_accuracy = (owner[(doc_a @ doc_b.T).argmax(1)] == owner).float().mean().item()
     parts = {"window": window.item(), "doc": doc.item(), "accuracy": accuracy, "doc_accuracy": doc_accuracy}
     return config.window_weight * window + config.doc_weight * doc, parts, b.detach()
@@ -311,11 +298,7 @@ def train_window_identity(
     model.to(device)
     log(f"{len(train_docs)} training documents, {len(holdout)} held out; model on {device}"
         f"{' (bf16 autocast)' if config.bf16 else ''}")
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
-    optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": config.weight_decay}, {"params": rest, "weight_decay": 0.0}], lr=config.lr
-    )
+    optimizer = adamw(model, config.lr, config.weight_decay)
     step, history = 0, []
     queue = torch.zeros(0, model.config.context_dim, device=device)
     found = latest_checkpoint(out) if resume else None
