@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from reformer_retrieval.atomic import atomic_path, atomic_write_text
+from reformer_retrieval.atomic import atomic_write_text
 from reformer_retrieval.checkpoint import load_model, load_tokenizer
 from reformer_retrieval.encode import resolve_device
 from reformer_retrieval.model.encoder import ReformerEncoder
@@ -323,10 +323,8 @@ def train_window_identity(
         return {k: round(float(np.mean([p[k] for p in parts])), 4) for k in parts[0]}
 
     def save() -> None:
-        directory = save_checkpoint(out, step, model, tokenizer, optimizer,
-                                    {"history": history, "config": asdict(config)})
-        with atomic_path(directory / QUEUE_FILE) as path:
-            save_file({"queue": queue.detach().to("cpu").contiguous()}, str(path))
+        save_checkpoint(out, step, model, tokenizer, optimizer, {"history": history, "config": asdict(config)},
+                        tensors={QUEUE_FILE: {"queue": queue}})
 
     if step == 0:
         history.append({"step": 0, "holdout": holdout_scores(), "seconds": 0.0})
