@@ -73,11 +73,11 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     trainer_state: dict[str, Any],
     keep: int = 1,
-    tensors: dict[str, dict[str, torch.Tensor]] | None = None,
+    extra_tensors: dict[str, dict[str, torch.Tensor]] | None = None,
 ) -> Path:
     """Write the checkpoint of ``step`` and point ``latest.json`` at it; keep the newest ``keep`` ones.
 
-    ``tensors``: more state of the run, ``{file name: {key: tensor}}``, each written as a safetensors file inside
+    ``extra_tensors``: more state of the run, ``{file name: {key: tensor}}``, each written as a safetensors file inside
     the checkpoint before it is made visible (so a checkpoint never exists without them)."""
     root = Path(run_dir) / CHECKPOINTS
     root.mkdir(parents=True, exist_ok=True)
@@ -92,7 +92,7 @@ def save_checkpoint(
         save_file(tensors, str(path))
     atomic_write_text(tmp / "optimizer.json", json.dumps(meta, indent=1, sort_keys=True))
     atomic_write_text(tmp / "trainer_state.json", json.dumps({**trainer_state, "step": step}, indent=2, sort_keys=True))
-    for file_name, values in (tensors or {}).items():
+    for file_name, values in (extra_tensors or {}).items():
         save_file({k: v.detach().to("cpu").contiguous() for k, v in values.items()}, str(tmp / file_name))
     if final.exists():
         shutil.rmtree(final)

@@ -324,7 +324,7 @@ def train_window_identity(
 
     def save() -> None:
         save_checkpoint(out, step, model, tokenizer, optimizer, {"history": history, "config": asdict(config)},
-                        tensors={QUEUE_FILE: {"queue": queue}})
+                        extra_tensors={QUEUE_FILE: {"queue": queue}})
 
     if step == 0:
         history.append({"step": 0, "holdout": holdout_scores(), "seconds": 0.0})
