@@ -23,7 +23,6 @@ written from CPU copies of the weights, so a GPU run's model loads anywhere.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -41,6 +40,7 @@ from reformer_retrieval.model.encoder import ReformerEncoder
 from reformer_retrieval.train.augment import augment
 from reformer_retrieval.train.config import settings_from_json
 from reformer_retrieval.train.optim import adamw
+from reformer_retrieval.train.precision import CUDA_ONLY, bf16_autocast
 from reformer_retrieval.train.schedule import warmup_cosine_lr
 from reformer_retrieval.train.state import latest_checkpoint, load_optimizer_state, save_checkpoint
 from reformer_retrieval.train.teacher import pad_window_rows, read_teacher_cache, window_texts
@@ -226,13 +226,6 @@ def _batch(
             torch.from_numpy(present))
 
 
-def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:
-    """bfloat16 autocast on CUDA when asked; nothing otherwise (the CPU always computes in float32)."""
-    if bf16 and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def distillation_loss(
     model: ReformerEncoder, batch: tuple[torch.Tensor, ...], config: DistillConfig
 ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -243,7 +236,7 @@ def distillation_loss(
     """
     device = next(model.parameters()).device
     ids, mask, windows, targets, present = (t.to(device, non_blocking=True) for t in batch)
-    with _autocast(device, config.bf16):
+    with bf16_autocast(device, config.bf16, CUDA_ONLY):
         states = model._contextual(ids, mask, None)[1]
     vectors, has_text = model.window_vectors(states.float(), mask, windows)
     n = min(vectors.shape[1], targets.shape[1])

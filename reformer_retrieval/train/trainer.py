@@ -51,6 +51,7 @@ from reformer_retrieval.train.data import (
 )
 from reformer_retrieval.train.loss import info_nce
 from reformer_retrieval.train.metrics import embed_token_ids, pair_metrics, recall_at_1
+from reformer_retrieval.train.precision import CUDA_ONLY, bf16_autocast
 from reformer_retrieval.train.prefetch import Prefetcher, augment_one
 from reformer_retrieval.train.schedule import warmup_cosine_lr
 from reformer_retrieval.train.state import latest_checkpoint, load_optimizer_state, save_checkpoint
@@ -454,9 +455,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _autocast(self) -> Any:
-        if self.device.type == "cuda" and self.config.bf16:
-            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return bf16_autocast(self.device, self.config.bf16, CUDA_ONLY)
 
     def _embed(self, views: Sequence[np.ndarray], offsets: np.ndarray, seed: int) -> torch.Tensor:
         ids, mask = collate(views, self.tokenizer.pad_token_id)

@@ -27,7 +27,6 @@ runs the forward pass under bfloat16 autocast (LSH rotations and bucket decision
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -47,6 +46,7 @@ from reformer_retrieval.train.augment import augment
 from reformer_retrieval.train.config import settings_from_json
 from reformer_retrieval.train.loss import info_nce
 from reformer_retrieval.train.optim import adamw
+from reformer_retrieval.train.precision import CPU_AND_CUDA, bf16_autocast
 from reformer_retrieval.train.schedule import warmup_cosine_lr
 from reformer_retrieval.train.state import latest_checkpoint, load_optimizer_state, save_checkpoint
 from reformer_retrieval.train.teacher import pad_window_rows, read_corpus_texts, window_texts
@@ -57,7 +57,6 @@ __all__ = [
     "make_batch",
     "sample_crops",
     "train_window_identity",
-    "training_autocast",
     "window_identity_loss",
 ]
 
@@ -214,13 +213,6 @@ def make_batch(
     return ViewBatch(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(windows))
 
 
-def training_autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[Any]:
-    """bfloat16 autocast on ``device`` (CPU or CUDA) when ``bf16``; nothing otherwise."""
-    if bf16 and device.type in ("cpu", "cuda"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def window_identity_loss(
     model: ReformerEncoder, batch: ViewBatch, config: WindowIdentityConfig, queue: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
@@ -232,7 +224,7 @@ def window_identity_loss(
     ``queue``: (Q, dim) window vectors of earlier steps, extra negatives of the first view's windows."""
     device = next(model.parameters()).device
     ids, mask, windows = (t.to(device) for t in (batch.ids, batch.mask, batch.windows))
-    with training_autocast(device, config.bf16):
+    with bf16_autocast(device, config.bf16, CPU_AND_CUDA):
         states = model._contextual(ids, mask, None)[1]
     vectors, present = model.window_vectors(states.float(), mask, windows)
     n = min(vectors.shape[1], config.windows)
