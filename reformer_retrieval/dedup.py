@@ -74,7 +74,7 @@ KEEP_POLICIES = ("longest", "first", "central")
 DEFAULT_EMBEDDING_THRESHOLD = 0.95
 
 #: MinHash defaults of ``method="minhash"`` and of the lexical half of ``"hybrid"``: Jaccard >= 0.2 on
-#: word 2-gram shingles, 128 permutations. Chosen with benchmarks/dedup_quality.py (pairwise F1; README
+#: word 2-gram shingles, 128 permutations. Chosen with benchmarks/dedup_quality.py (pairwise F1; docs/benchmarks.md,
 #: "Choosing the thresholds") over three labelled sets: wiki_versions (dev), an OCR-noised copy of it and
 #: the bundled sample (whose variants add boilerplate). Word 2-grams at 0.2 reach F1 0.881 / 0.723 / 1.000
 #: with precision >= 0.99 on all three; word 3-grams at their best common threshold (0.15) reach

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The default model's GPU stage, as one prepared command for a lent GPU machine (see README, "Reproduce the
-# default model"). It reads the corpus copy made by scripts/cap_corpus.py (.gpu/train.parquet), the labelled
+# The default model's GPU stage, as one prepared command for a lent GPU machine (see docs/training.md, "Reproducing
+# the default model"). It reads the corpus copy made by scripts/cap_corpus.py (.gpu/train.parquet), the labelled
 # dev set (.gpu/wiki_dev.parquet) and the stage-1 CPU model (runs/cpu_stage; the shipped CPU model is copied
 # there when the directory is missing), and writes the model files and the log to $OUT.
 # The device tool returns at most 8 files of 16 MiB each from $OUT: the model's tokenizer.json and train_config.json

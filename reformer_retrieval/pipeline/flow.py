@@ -9,8 +9,8 @@ How it differs from `reformer_retrieval.dedup.find_duplicates` (the in-memory pa
 
 * a band bucket gives star edges to its smallest member plus the path through its members (at most
   ``2 (k - 1)`` edges) instead of all its pairs, so ``pairs.parquet`` holds the verified star and path edges,
-  and two duplicates linked only through a failed edge can be missed (README "Running on a cluster"
-  measures this against all pairs: none lost on the sample and on wiki_versions with MinHash);
+  and two duplicates linked only through a failed edge can be missed (docs/scale_out.md, "Star and
+  path edges against all pairs", measures this against all pairs: none lost on the sample and on wiki_versions with MinHash);
 * embedding candidates are exact (``index="flat"``: FAISS range search per shard) or sign-random-projection
   bands (``index="lsh"``) with bands x rows derived from the threshold for recall >= 0.99 at it; the k-NN
   indexes are not offered;
