@@ -225,6 +225,8 @@ def measure(spec: dict[str, Any]) -> dict[str, Any]:
 
     builder = {"hf": _build_hf, "sdpa": _build_sdpa}.get(spec["impl"], _build_ours)
     model = builder(spec, length).to(device=device, dtype=dtype)
+    if spec.get("compile_train") and spec["impl"] in OURS_KERNELS:  # its compile falls in the warm-up
+        model.compile_attention_for_training(True)
     gen = torch.Generator().manual_seed(int(spec.get("seed", 0)))
     batch = int(spec.get("batch", 1))
     ids = torch.randint(FIRST_REAL_ID, VOCAB, (batch, length), generator=gen).to(device)
@@ -306,6 +308,7 @@ def _spec(args: argparse.Namespace, impl: str, mode: str, length: int, **over: A
         "threads": args.threads,
         "batch": args.batch,
         "autocast": args.autocast,
+        "compile_train": args.compile_train,
         "series": "main",
     }
     if args.attention_layers:
@@ -558,6 +561,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--train-lengths", type=_ints, default=None, help="training lengths (default: --lengths)")
     p.add_argument("--device", default=None, help="cpu or cuda (default cpu; cuda with --quick-gpu)")
     p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="fp32 (default) or bf16 / fp16")
+    p.add_argument("--compile-train", action="store_true",
+                   help="ours: run the training forward's attention through the inductor-compiled chunked path "
+                   "(reformer_retrieval.model.compiled_training; the compile falls in the warm-up, see warmup_s)")
     p.add_argument("--autocast", action="store_true",
                    help="run each call under bfloat16 autocast (weights in --dtype fp32): mixed-precision training "
                         "as the trainers run it, on CPUs with bf16 matrix units (AMX) as on CUDA")
@@ -667,7 +673,8 @@ def main(argv: list[str] | None = None) -> int:
         f"chunk {args.chunk}, {args.hashes} hashes, "
         + (f"layers {','.join(args.attention_layers)} (the default model's shape)" if args.attention_layers
            else "all layers LSH (Reformers)")
-        + f", device {args.device}, {args.dtype}{' weights under bf16 autocast' if args.autocast else ''}. "
+        + f", device {args.device}, {args.dtype}{' weights under bf16 autocast' if args.autocast else ''}"
+        + f"{', compiled training attention' if args.compile_train else ''}. "
         f"Best of up to {args.repeats} timed calls after a warm-up (a warm-up longer than {args.budget / 2:.0f} s "
         f"is the measurement), best of {args.runs} process(es). Peak memory: "
         + (

@@ -224,8 +224,9 @@ def _slot_attention(
     scores = []
     for slot, (k, slot_ok) in enumerate(zip(keys, ok)):
         logits = _scores(q, k)  # (M, c, c)
-        # a fully valid slot skips the bias on the CPU, where the test costs no synchronisation
-        if q.device.type != "cpu" or not bool(slot_ok.all()):
+        # a fully valid slot skips the bias on the CPU, where the test costs no synchronisation (and not while
+        # compiling, where reading a tensor would split the graph)
+        if q.device.type != "cpu" or torch.compiler.is_compiling() or not bool(slot_ok.all()):
             bias = torch.zeros(slot_ok.shape, dtype=logits.dtype, device=q.device).masked_fill_(~slot_ok, MASK_PAD)
             logits = logits + bias.unsqueeze(1)
         if slot == self_slot:
@@ -283,6 +284,7 @@ def _fused_train_ok(qk: torch.Tensor, v: torch.Tensor, dropout: float, training:
         and qk.device.type == "cpu"
         and qk.dtype in (torch.float32, torch.float64)
         and hasattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu_backward")
+        and not torch.compiler.is_compiling()  # the compiled path (`compiled_training`) fuses the slot math
     )
 
 

@@ -24,6 +24,11 @@ from torch import nn
 
 from reformer_retrieval.config import ReformerConfig
 from reformer_retrieval.model.chunked_attention import chunked_attention_combined, full_attention
+from reformer_retrieval.model.compiled_training import (
+    compile_failed,
+    compiled_available,
+    compiled_chunked_attention,
+)
 from reformer_retrieval.model.flex_lsh import (
     auto_uses_flex,
     flex_available,
@@ -288,6 +293,9 @@ class LSHSelfAttention(nn.Module):
             shape = (self.n_heads, config.max_hashes, self.head_dim, rotation_width(config))
             self.register_buffer("rotations", torch.randn(shape, generator=gen), persistent=True)
         self.hash_calls = 0
+        self.compile_training = False
+        """Run the training forward through `compiled_training` (a runtime switch, not part of the config:
+        `ReformerEncoder.compile_attention_for_training`)."""
 
     @property
     def n_rounds(self) -> int:
@@ -387,7 +395,13 @@ class LSHSelfAttention(nn.Module):
     ) -> torch.Tensor:
         """The masked / fused chunked attention path; (B, H, L, d)."""
         B, H, L, d = qk.shape
-        return chunked_attention_combined(
-            qk.reshape(B * H, L, d), v.reshape(B * H, L, d), perm, valid, nrc, self.chunk, self.before, self.after,
-            wrap=self.kind == "lsh", dropout=self.attention_dropout, training=self.training, budget=self.budget,
-        ).view(B, H, L, d)
+        args = (qk.reshape(B * H, L, d), v.reshape(B * H, L, d), perm, valid, nrc, self.chunk, self.before,
+                self.after)
+        kwargs = {"wrap": self.kind == "lsh", "dropout": self.attention_dropout, "training": self.training,
+                  "budget": self.budget}
+        if self.compile_training and self.training and torch.is_grad_enabled() and compiled_available(qk.device):
+            try:
+                return compiled_chunked_attention()(*args, **kwargs).view(B, H, L, d)
+            except Exception as exc:  # compilation impossible here: one line, then the eager path
+                compile_failed(qk.device, exc)
+        return chunked_attention_combined(*args, **kwargs).view(B, H, L, d)

@@ -324,3 +324,18 @@ def test_autocast_puts_every_call_under_bf16_autocast(monkeypatch, autocast):
     row = es.measure({**TINY, "impl": "ours", "mode": "train", "length": 128, "autocast": autocast})
     assert row["status"] == "ok" and len(seen) >= 2 and set(seen) == {autocast}
     assert es.parse_args(["--autocast"]).autocast and not es.parse_args([]).autocast
+
+
+def test_compile_train_switches_ours_only(monkeypatch):
+    from reformer_retrieval import ReformerEncoder
+
+    seen: list[bool] = []
+    monkeypatch.setattr(ReformerEncoder, "compile_attention_for_training",
+                        lambda self, enabled=True: seen.append(enabled))
+    row = es.measure({**TINY, "impl": "ours", "mode": "train", "length": 128, "compile_train": True})
+    assert row["status"] == "ok" and seen == [True]
+    es.measure({**TINY, "impl": "sdpa", "mode": "train", "length": 128, "compile_train": True})
+    es.measure({**TINY, "impl": "ours", "mode": "train", "length": 128})
+    assert seen == [True]  # not for SDPA, nor without the flag
+    assert es.parse_args(["--compile-train"]).compile_train and not es.parse_args([]).compile_train
+    assert es.build_plan(es.parse_args(["--compile-train", "--impls", "chunked"]))[0][0]["compile_train"]

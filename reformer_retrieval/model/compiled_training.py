@@ -1,0 +1,66 @@
+"""The chunked attention's training path compiled by inductor (opt-in, for bf16 training on the CPU).
+
+With gradients, the chunked attention runs its masked slot math under autograd (or, in fp32 on the CPU,
+PyTorch's fused kernel): per window slot a handful of elementwise passes over (M, c, c) score blocks, plus the
+sort, padding, un-sort and round combination around them, each a separate memory pass. `torch.compile` of
+`chunked_attention_combined` fuses those passes (forward and backward, through AOTAutograd) and leaves the
+products to the BLAS. Measured on this project's 2-core CPU (docs/benchmarks.md, "Compiled training path"):
+the 16K-token training step of the benchmark shape under bf16 autocast is about 1.3x the eager step, and
+fp32 gains nothing (its step is bound by the fp32 products), so the trainers enable it with bf16 only.
+
+Only the training forward is compiled (gradients on, module in training mode): the no-grad forward of the
+reversible stack and all inference keep the fused eager kernel. One graph per input shape (``dynamic=False``;
+training crops have a fixed shape, so a run compiles once per shape it meets, 20-40 s each on 2 cores, and
+inductor's on-disk cache serves later runs). Where compiling fails (no C++ compiler, an unsupported device)
+the first failure is logged in one line and the eager path runs for the rest of the process. The compiled
+path computes the same math as the eager slot path (tests/model/test_compiled_training.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from reformer_retrieval.model.chunked_attention import chunked_attention_combined
+
+__all__ = ["compile_failed", "compiled_available", "compiled_chunked_attention"]
+
+log = logging.getLogger(__name__)
+
+_STATE: dict[str, bool] = {}
+_RECOMPILE_LIMIT = 64
+"""Graphs dynamo keeps per function before it silently runs the rest eagerly (one per input shape)."""
+
+
+@functools.cache
+def compiled_chunked_attention() -> Callable[..., Any]:
+    """`chunked_attention_combined` compiled by inductor, one graph per input shape."""
+    import torch._dynamo
+
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    setattr(config, name, max(getattr(config, name), _RECOMPILE_LIMIT))
+    return torch.compile(chunked_attention_combined, dynamic=False)
+
+
+def compiled_available(device: torch.device | str) -> bool:
+    """Whether to try the compiled path on ``device``: not after a failed compile there in this process, nor
+    with ``REFORMER_NO_COMPILE=1`` in the environment."""
+    if os.environ.get("REFORMER_NO_COMPILE", "") not in ("", "0"):
+        return False
+    return not _STATE.get(torch.device(device).type, False)
+
+
+def compile_failed(device: torch.device | str, exc: BaseException) -> None:
+    """Record that compiling failed on ``device`` and log one line (the first time); the eager path runs on."""
+    dev = torch.device(device).type
+    if not _STATE.get(dev, False):
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        log.warning("the compiled attention cannot run on %s (%s: %s); using the eager path",
+                    dev, type(exc).__name__, first[:200])
+    _STATE[dev] = True
