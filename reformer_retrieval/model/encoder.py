@@ -89,7 +89,8 @@ class ReformerEncoder(nn.Module):
     def compile_attention_for_training(self, enabled: bool = True) -> None:
         """Run every attention layer's training forward through the inductor-compiled chunked attention
         (`reformer_retrieval.model.compiled_training`; a runtime switch, not saved with the model). Worth it
-        under bf16 autocast on the CPU; no-grad forwards and inference are unaffected."""
+        under bf16 autocast on the CPU; no-grad forwards, inference and layers with attention dropout are
+        unaffected."""
         for layer in self.attention_layers:
             layer.compile_training = bool(enabled)
 

@@ -399,7 +399,10 @@ class LSHSelfAttention(nn.Module):
                 self.after)
         kwargs = {"wrap": self.kind == "lsh", "dropout": self.attention_dropout, "training": self.training,
                   "budget": self.budget}
-        if self.compile_training and self.training and torch.is_grad_enabled() and compiled_available(qk.device):
+        # not with attention dropout: the reversible backward recomputes this forward compiled, and inductor's
+        # dropout draws another mask than the eager no-grad forward did (the gradients would be wrong)
+        if (self.compile_training and self.training and torch.is_grad_enabled() and not self.attention_dropout > 0.0
+                and compiled_available(qk.device)):
             try:
                 return compiled_chunked_attention()(*args, **kwargs).view(B, H, L, d)
             except Exception as exc:  # compilation impossible here: one line, then the eager path

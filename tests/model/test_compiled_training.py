@@ -89,3 +89,13 @@ def test_a_failed_compile_logs_one_line_and_runs_eager(tiny_config, monkeypatch,
     monkeypatch.setenv("REFORMER_NO_COMPILE", "1")
     monkeypatch.setattr(compiled_training, "_STATE", {})
     assert not compiled_training.compiled_available("cpu")
+
+
+def test_attention_dropout_keeps_the_eager_path(tiny_config, counted) -> None:
+    # the reversible backward recomputes the attention: compiled, inductor's dropout would draw another mask
+    # than the eager no-grad forward did, and the gradients would be wrong
+    model = ReformerEncoder(tiny_config.replace(attention_dropout=0.2)).train()
+    model.compile_attention_for_training(True)
+    ids, mask = pad_batch([random_doc(96, 1)])
+    _step(model, ids, mask, torch.ones(1, tiny_config.embedding_dim))
+    assert not counted
