@@ -103,10 +103,6 @@ class WindowIdentityConfig:
         bf16: Run the forward pass under bfloat16 autocast, on the CPU as on CUDA (pooling and losses stay
             float32). Worth it on CPUs with bfloat16 matrix units (AMX): a step of the default model's shape ran
             1.15x faster on this project's CPUs; elsewhere bf16 is emulated and slower, hence off by default.
-        compile_attention: Run the attention of the training forward through the inductor-compiled chunked
-            path (`reformer_retrieval.model.compiled_training`): with ``bf16`` on the CPU a 16K-token step of
-            the default model's shape (4 x 4,096) ran 1.29x faster; each new crop shape compiles once (15-40 s
-            on 2 cores). Not with attention dropout (the eager path runs).
     """
 
     corpus: str
@@ -137,7 +133,6 @@ class WindowIdentityConfig:
     seed: int = 0
     device: str = "cpu"
     bf16: bool = False
-    compile_attention: bool = False
 
     def __post_init__(self) -> None:
         if self.batch_crops % self.crops_per_doc:
@@ -293,9 +288,8 @@ def train_window_identity(
     model = ReformerEncoder(base.config.replace(context_window=config.width))
     model.load_state_dict(base.state_dict())
     model.to(device)
-    model.compile_attention_for_training(config.compile_attention)
     log(f"{len(train_docs)} training documents, {len(holdout)} held out; model on {device}"
-        f"{' (bf16 autocast)' if config.bf16 else ''}{' (compiled attention)' if config.compile_attention else ''}")
+        f"{' (bf16 autocast)' if config.bf16 else ''}")
     optimizer = adamw(model, config.lr, config.weight_decay)
     step, history = 0, []
     queue = torch.zeros(0, model.config.context_dim, device=device)

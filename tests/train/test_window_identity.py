@@ -176,21 +176,6 @@ def test_bf16_runs_the_cpu_forward_under_autocast(one_thread) -> None:
     assert mixed.item() != exact.item() and abs(mixed.item() - exact.item()) < 0.05 * exact.item()
 
 
-def test_compile_attention_switches_the_trained_model(tmp_path: Path, one_thread, monkeypatch) -> None:
-    seen: list[bool] = []
-    real = ReformerEncoder.compile_attention_for_training
-    monkeypatch.setattr(ReformerEncoder, "compile_attention_for_training",
-                        lambda self, enabled=True: seen.append(enabled) or real(self, False))
-    corpus = _corpus(tmp_path)
-    ReformerEncoder(TINY).save_pretrained(tmp_path / "init", tokenizer=ByteTokenizer())
-    logs: list[str] = []
-    for flag in (True, False):
-        config = _config(corpus, init_from=str(tmp_path / "init"), compile_attention=flag)
-        train_window_identity(config, tmp_path / f"run{flag}", log=logs.append, stop_after=1)
-    assert seen == [True, False]
-    assert sum("(compiled attention)" in line for line in logs) == 1
-
-
 def test_bad_settings_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="multiple of crops_per_doc"):
         _config("c", batch_crops=5)
