@@ -25,19 +25,23 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from reformer_retrieval.model.chunked_attention import chunked_attention_combined
+from reformer_retrieval.model.compile_fallback import (
+    compile_available,
+    raise_recompile_limit,
+    record_compile_failure,
+)
 
 __all__ = ["compile_failed", "compiled_available", "compiled_chunked_attention"]
 
 log = logging.getLogger(__name__)
 
-_STATE: dict[str, bool] = {}
+_STATE: dict[str, object] = {}
 _RECOMPILE_LIMIT = 64
 """Graphs dynamo keeps per function before it silently runs the rest eagerly (one per input shape)."""
 
@@ -45,27 +49,17 @@ _RECOMPILE_LIMIT = 64
 @functools.cache
 def compiled_chunked_attention() -> Callable[..., Any]:
     """`chunked_attention_combined` compiled by inductor, one graph per input shape."""
-    import torch._dynamo
-
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, name, max(getattr(config, name), _RECOMPILE_LIMIT))
+    raise_recompile_limit(_RECOMPILE_LIMIT)
     return torch.compile(chunked_attention_combined, dynamic=False)
 
 
 def compiled_available(device: torch.device | str) -> bool:
     """Whether to try the compiled path on ``device``: not after a failed compile there in this process, nor
     with ``REFORMER_NO_COMPILE=1`` in the environment."""
-    if os.environ.get("REFORMER_NO_COMPILE", "") not in ("", "0"):
-        return False
-    return not _STATE.get(torch.device(device).type, False)
+    return compile_available(_STATE, "REFORMER_NO_COMPILE", device)
 
 
 def compile_failed(device: torch.device | str, exc: BaseException) -> None:
     """Record that compiling failed on ``device`` and log one line (the first time); the eager path runs on."""
-    dev = torch.device(device).type
-    if not _STATE.get(dev, False):
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        log.warning("the compiled attention cannot run on %s (%s: %s); using the eager path",
-                    dev, type(exc).__name__, first[:200])
-    _STATE[dev] = True
+    record_compile_failure(_STATE, device, exc, log,
+                           "the compiled attention cannot run on %s (%s: %s); using the eager path")

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 
 import torch
 
@@ -50,6 +49,11 @@ from reformer_retrieval.model.chunked_attention import (
     combine_rounds,
     inverse_permutation,
     window_slot_chunks,
+)
+from reformer_retrieval.model.compile_fallback import (
+    compile_available,
+    raise_recompile_limit,
+    record_compile_failure,
 )
 
 __all__ = [
@@ -94,12 +98,9 @@ _RECOMPILE_LIMIT = 64
 
 @functools.cache
 def _compiled_flex():
-    import torch._dynamo
     from torch.nn.attention.flex_attention import flex_attention
 
-    config = torch._dynamo.config
-    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-    setattr(config, name, max(getattr(config, name), _RECOMPILE_LIMIT))  # past it, dynamo falls back to eager
+    raise_recompile_limit(_RECOMPILE_LIMIT)  # past it, dynamo falls back to eager
     return torch.compile(flex_attention, dynamic=False)
 
 
@@ -142,20 +143,14 @@ def _aux_request_type() -> type | None:
 def flex_available(device: torch.device | str = "cpu") -> bool:
     """Whether to try the FlexAttention kernel on ``device``: False once a compilation failed there in this
     process (see `flex_failed`), or when ``REFORMER_NO_FLEX=1`` is set in the environment."""
-    if os.environ.get("REFORMER_NO_FLEX", "") not in ("", "0"):
-        return False
-    return not _STATE.get(f"failed_{torch.device(device).type}", False)
+    return compile_available(_STATE, "REFORMER_NO_FLEX", device)
 
 
 def flex_failed(device: torch.device | str, exc: BaseException) -> None:
     """Record that the kernel cannot run on ``device`` (no C++ compiler, unsupported device ...) and log one
     line; callers then use the masked path for the rest of the process."""
-    dev = torch.device(device).type
-    if not _STATE.get(f"failed_{dev}", False):
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        log.warning("FlexAttention cannot run on %s (%s: %s); using the masked attention path",
-                    dev, type(exc).__name__, first[:200])
-    _STATE[f"failed_{dev}"] = True
+    record_compile_failure(_STATE, device, exc, log,
+                           "FlexAttention cannot run on %s (%s: %s); using the masked attention path")
 
 
 def _block_mask(
