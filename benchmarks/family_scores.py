@@ -30,8 +30,6 @@ import argparse
 import re
 import sys
 import time
-import unicodedata
-import zlib
 from pathlib import Path
 from typing import Any
 
@@ -41,51 +39,39 @@ import scipy.sparse as sp
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import markdown_table, write_json
 from model_quality import load_labelled, noisy_copy
+from reformer_retrieval.indexes.minhash import Shingler, ngram_hashes
+
+from reformer_retrieval.tokenizer import ByteTokenizer
 
 __all__ = ["METHODS", "kind_medians", "main", "ngram_sets", "reference_rows", "set_similarity"]
 
 METHODS = ("lexical", "word3", "byte10", "byte10-digits")
-_WHITESPACE = re.compile(r"\s+")
 _DIGIT = re.compile(r"\d")
-_WORD = re.compile(r"\w+")
-_POLY = np.uint64(0x100000001B3)
+_NORMALISER = ByteTokenizer(normalization="NFKC", lowercase=True, collapse_whitespace=True)
 
 
 def normalise(text: str, fold_digits: bool = False) -> str:
     """The default tokenizer's normalisation (NFKC, lower case, whitespace runs to one space), optionally with
     every digit mapped to ``0``."""
-    text = _WHITESPACE.sub(" ", unicodedata.normalize("NFKC", text).lower()).strip()
+    text = _NORMALISER.normalize(text)
     return _DIGIT.sub("0", text) if fold_digits else text
 
 
-def _gram_hashes(codes: np.ndarray, n: int) -> np.ndarray:
-    """Distinct 64-bit hashes of the n-grams of a code sequence (one n-gram if it is shorter than ``n``): a
-    polynomial in wrapping uint64 arithmetic (collisions among a document's n-grams are negligible)."""
-    codes = codes.astype(np.uint64)
-    if len(codes) == 0:
-        return codes
-    n = min(n, len(codes))
-    m = len(codes) - n + 1
-    h = np.zeros(m, dtype=np.uint64)
-    with np.errstate(over="ignore"):
-        for k in range(n):
-            h = h * _POLY + codes[k : k + m] + np.uint64(1)
-    return np.unique(h)
-
-
 def ngram_sets(texts: list[str], unit: str, n: int, fold_digits: bool = False) -> sp.csr_matrix:
-    """(documents x distinct n-grams) binary matrix of the n-gram sets: ``unit`` ``"byte"`` (UTF-8 bytes of the
-    normalised text) or ``"word"`` (``\\w+`` tokens of the lower-cased text)."""
+    """(documents x distinct n-grams) binary matrix of the n-gram sets of the normalised texts: ``unit``
+    ``"byte"`` (UTF-8 bytes) or ``"word"`` (``\\w+`` tokens, MinHash's `Shingler`); one n-gram of everything
+    when a text is shorter than ``n``, none when it is empty."""
+    if unit not in ("byte", "word"):
+        raise ValueError(f"unit must be 'byte' or 'word', got {unit!r}")
+    words = Shingler("word", n)
     per_doc = []
     for text in texts:
+        norm = normalise(text, fold_digits)
         if unit == "byte":
-            codes = np.frombuffer(normalise(text, fold_digits).encode("utf-8"), np.uint8).astype(np.int64) + 1
-        elif unit == "word":
-            words = _WORD.findall(normalise(text, fold_digits))
-            codes = np.asarray([zlib.crc32(w.encode("utf-8")) for w in words], dtype=np.int64)
+            codes = np.frombuffer(norm.encode("utf-8"), np.uint8).astype(np.uint64)
+            per_doc.append(np.unique(ngram_hashes(codes, n)))
         else:
-            raise ValueError(f"unit must be 'byte' or 'word', got {unit!r}")
-        per_doc.append(_gram_hashes(codes, n))
+            per_doc.append(words.shingles(norm))
     vocab, columns = np.unique(np.concatenate(per_doc) if per_doc else np.zeros(0, np.uint64), return_inverse=True)
     rows = np.repeat(np.arange(len(texts)), [len(h) for h in per_doc])
     return sp.csr_matrix((np.ones(len(columns)), (rows, columns)), shape=(len(texts), len(vocab)))

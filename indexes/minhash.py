@@ -39,6 +39,7 @@ __all__ = [
     "Shingler",
     "candidate_pairs_from_keys",
     "jaccard",
+    "ngram_hashes",
     "optimal_params",
     "word_codes",
 ]
@@ -69,6 +70,14 @@ def _combine(parts: np.ndarray, n: int) -> np.ndarray:
     for j in range(n):
         h = _mix64(h * _GOLD + parts[j:j + m])
     return h
+
+
+def ngram_hashes(tokens: np.ndarray, n: int) -> np.ndarray:
+    """uint64 hashes of the length-``n`` windows of a uint64 token array, in order: one window of all tokens if
+    there are fewer than ``n``, none if there is no token (`Shingler`'s shingles of any kind of token)."""
+    if len(tokens) == 0:
+        return tokens
+    return _combine(tokens, min(n, len(tokens)))
 
 
 @dataclass(frozen=True)
@@ -102,10 +111,7 @@ class Shingler:
 
     def hashes(self, text: str) -> np.ndarray:
         """uint64 hashes of the shingles of ``text`` in text order, repeats included (MinHash ignores them)."""
-        tokens = self.tokens(text)
-        if len(tokens) == 0:
-            return tokens
-        return _combine(tokens, min(self.n, len(tokens)))
+        return ngram_hashes(self.tokens(text), self.n)
 
     def shingles(self, text: str) -> np.ndarray:
         """Sorted unique uint64 hashes of the shingles of ``text`` (empty if it has no token)."""
